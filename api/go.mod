@@ -1,0 +1,3 @@
+module github.com/postern/postern/api
+
+go 1.26.0

@@ -1,0 +1,51 @@
+// Command postern is Postern in one binary: `postern serve` runs every
+// service in one process (single-box mode, or one site's subset against a
+// real Kafka, Redis and PostgreSQL), and the other commands administer it.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: postern <command> [flags]
+
+commands:
+  serve              run the services (all four by default) in one process
+  config check       load and validate the configuration, print it with secrets masked
+  config reference   write the configuration reference (docs/configuration.md)
+  version            print the version
+
+Run "postern <command> -h" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serveProgram().Run(ctx, args[1:], stdout, stderr)
+	case "config":
+		return configCommand(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "postern", version)
+		return 0
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "postern: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}

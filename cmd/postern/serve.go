@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/postern/postern/internal/app"
+	"github.com/postern/postern/internal/config"
+	"github.com/postern/postern/services/fetcher"
+	"github.com/postern/postern/services/relay"
+	"github.com/postern/postern/services/router"
+	"github.com/postern/postern/services/users"
+)
+
+// serviceNames are the services `postern serve` can run, in start order.
+var serviceNames = []string{"users", "fetcher", "router", "relay"}
+
+// ServeConfig is the configuration of `postern serve`: the common sections
+// and one section per service.
+type ServeConfig struct {
+	app.Common `yaml:",inline"`
+	Services   []string       `yaml:"services" doc:"the services this process runs: users, fetcher, router, relay"`
+	Users      users.Config   `yaml:"users"`
+	Fetcher    fetcher.Config `yaml:"fetcher"`
+	Router     router.Config  `yaml:"router"`
+	Relay      relay.Config   `yaml:"relay"`
+}
+
+// DefaultServeConfig is single-box mode: all four services, the embedded
+// broker on 127.0.0.1:19092 with its data in ./var/broker, SQLite in ./var.
+func DefaultServeConfig() ServeConfig {
+	c := ServeConfig{
+		Common:   app.DefaultCommon(),
+		Services: slices.Clone(serviceNames),
+		Users:    users.DefaultConfig(),
+		Fetcher:  fetcher.DefaultConfig(),
+		Router:   router.DefaultConfig(),
+		Relay:    relay.DefaultConfig(),
+	}
+	c.Broker.Listen = "127.0.0.1:19092"
+	return c
+}
+
+// Validate checks the service list.
+func (c ServeConfig) Validate() error {
+	if len(c.Services) == 0 {
+		return config.Errorf("services", "is empty: name at least one of %v", serviceNames)
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, s := range c.Services {
+		switch {
+		case !slices.Contains(serviceNames, s):
+			errs = append(errs, config.Errorf("services", "unknown service %q (known: %v)", s, serviceNames))
+		case seen[s]:
+			errs = append(errs, config.Errorf("services", "%q named twice", s))
+		}
+		seen[s] = true
+	}
+	return config.Join(errs...)
+}
+
+func (c ServeConfig) runs(name string) bool { return slices.Contains(c.Services, name) }
+
+func serveProgram() app.Program {
+	cfg := DefaultServeConfig()
+	return app.Program{
+		Name:    "postern",
+		Version: version,
+		Config:  &cfg,
+		Common:  func() *app.Common { return &cfg.Common },
+		Needs: func() app.Needs {
+			var n app.Needs
+			for _, need := range []struct {
+				name string
+				n    app.Needs
+			}{{"users", users.Needs}, {"fetcher", fetcher.Needs}, {"router", router.Needs}, {"relay", relay.Needs}} {
+				if cfg.runs(need.name) {
+					n.Bus = n.Bus || need.n.Bus
+					n.State = n.State || need.n.State
+				}
+			}
+			return n
+		},
+		Units: func(rt *app.Runtime) ([]app.Unit, error) { return serveUnits(cfg, rt) },
+	}
+}
+
+// serveUnits builds each configured service through its package's
+// constructor — the same one its own binary uses.
+func serveUnits(cfg ServeConfig, rt *app.Runtime) ([]app.Unit, error) {
+	var units []app.Unit
+	for _, name := range serviceNames {
+		if !cfg.runs(name) {
+			continue
+		}
+		var (
+			u   app.Unit
+			err error
+		)
+		switch name {
+		case "users":
+			var s *users.Service
+			if s, err = users.New(cfg.Users, rt); err == nil {
+				u = s.Unit()
+			}
+		case "fetcher":
+			var s *fetcher.Service
+			if s, err = fetcher.New(cfg.Fetcher, rt); err == nil {
+				u = s.Unit()
+			}
+		case "router":
+			var s *router.Service
+			if s, err = router.New(cfg.Router, rt); err == nil {
+				u = s.Unit()
+			}
+		case "relay":
+			var s *relay.Service
+			if s, err = relay.New(cfg.Relay, rt); err == nil {
+				u = s.Unit()
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		units = append(units, u)
+	}
+	return units, nil
+}

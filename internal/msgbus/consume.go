@@ -1,0 +1,404 @@
+package msgbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/postern/postern/api/events"
+)
+
+// Handler processes one record and returns the messages it produces. The
+// bus publishes them (acks=all) before it commits the record, so a handler
+// must not publish its outputs itself. A handler is called again for the
+// same record after a temporary error, after a crash and after a
+// rebalance: it must be idempotent.
+//
+// An error is temporary unless marked with Permanent; a panic counts as a
+// permanent error. ctx carries the trace of the producer of rec and is
+// cancelled when the consumer stops.
+type Handler func(ctx context.Context, rec Record) ([]Message, error)
+
+// Subscription says what a consumer reads and who handles it.
+type Subscription struct {
+	// Group is the Kafka consumer group: the consumers of one group share
+	// the topic's partitions, each record goes to one of them.
+	Group string
+	// Topic is the logical topic to read (the bus adds the site prefix).
+	Topic string
+	// Name names the handler in dead-letter headers, logs and metrics.
+	Name    string
+	Handler Handler
+}
+
+// testHookBeforeCommit, set only by tests, runs after a record's outputs
+// (or its dead letter) were acknowledged and before its offset is
+// committed.
+var testHookBeforeCommit func(Record)
+
+// readerQueue is how many fetched records a consumer holds ahead of its
+// handler. With 25 MiB records it bounds the memory a subscription takes.
+const readerQueue = 16
+
+// reasonLimit bounds the dead-letter reason header.
+const reasonLimit = 4 << 10
+
+// Consume reads s.Topic as a member of s.Group and calls s.Handler for each
+// record, until ctx is cancelled (it then returns nil) or a fatal error.
+// It first creates the topic and the dead-letter topic if they are missing.
+//
+// For each record, in order: the handler runs with a context continuing
+// the record's trace; a temporary error is retried with capped exponential
+// backoff (Config.Retry); on success the handler's messages are published
+// (acks=all, retried like a temporary error); a permanent error, a panic,
+// or exhausted retries send the original record, with the dead-letter
+// headers added, to the dead-letter topic (acks=all). Only then is the
+// record's offset committed. If ctx is cancelled before that, nothing is
+// committed and the record is delivered again.
+func (b *Bus) Consume(ctx context.Context, s Subscription) error {
+	if s.Group == "" || s.Topic == "" || s.Name == "" || s.Handler == nil {
+		return errors.New("msgbus: consume: a subscription needs a group, a topic, a name and a handler")
+	}
+	if b.isClosed() {
+		return errors.New("msgbus: consume: bus closed")
+	}
+	if err := b.EnsureTopics(ctx, s.Topic, events.TopicDeadLetter); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	wire := b.Topic(s.Topic)
+	logger := b.logger.With(slog.String("topic", wire), slog.String("group", s.Group), slog.String("handler", s.Name))
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           b.cfg.Brokers,
+		GroupID:           s.Group,
+		Topic:             wire,
+		Dialer:            b.dialer,
+		QueueCapacity:     readerQueue,
+		MinBytes:          1,
+		MaxBytes:          b.cfg.fetchMaxBytes(),
+		MaxWait:           b.cfg.FetchMaxWait,
+		ReadBatchTimeout:  b.cfg.RequestTimeout,
+		HeartbeatInterval: b.cfg.HeartbeatInterval,
+		// Explicit, synchronous commits only: CommitMessages returns
+		// once the coordinator stored the offset.
+		CommitInterval:        0,
+		SessionTimeout:        b.cfg.SessionTimeout,
+		RebalanceTimeout:      b.cfg.RebalanceTimeout,
+		JoinGroupBackoff:      time.Second,
+		WatchPartitionChanges: true,
+		StartOffset:           kafka.FirstOffset,
+		Logger:                kafkaLogger{logger, slog.LevelDebug - 4},
+		ErrorLogger:           kafkaLogger{logger, slog.LevelWarn},
+	})
+	defer func() {
+		if err := r.Close(); err != nil {
+			logger.Warn("closing consumer", slog.Any("error", err))
+		}
+	}()
+	c := &consumer{
+		bus:    b,
+		sub:    s,
+		reader: r,
+		wire:   wire,
+		logger: logger,
+		attrs: metric.WithAttributes(
+			attrTopic.String(wire), attrGroup.String(s.Group), attrHandler.String(s.Name)),
+	}
+	logger.Info("consumer started")
+	defer logger.Info("consumer stopped")
+
+	for failures := 0; ; {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) {
+				return fmt.Errorf("msgbus: consume %s: reader closed: %w", wire, err)
+			}
+			// kafka-go keeps retrying behind FetchMessage; it reports
+			// errors so that we can tell. Keep going.
+			failures++
+			d := b.cfg.Retry.Backoff(failures)
+			logger.Warn("fetching records failed; retrying", slog.Any("error", err), slog.Int("failures", failures), slog.Duration("retry_in", d))
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		failures = 0
+		if err := c.handle(ctx, m); err != nil {
+			if ctx.Err() != nil {
+				return nil // not committed: delivered again
+			}
+			return err
+		}
+	}
+}
+
+type consumer struct {
+	bus    *Bus
+	sub    Subscription
+	reader *kafka.Reader
+	wire   string
+	logger *slog.Logger
+	attrs  metric.MeasurementOption
+}
+
+// handle takes one record from fetch to commit. It returns an error only
+// when ctx was cancelled before the record was done.
+func (c *consumer) handle(ctx context.Context, m kafka.Message) error {
+	start := time.Now()
+	b := c.bus
+	rec := Record{
+		Message: Message{
+			Topic:   c.sub.Topic,
+			Key:     m.Key,
+			Value:   m.Value,
+			Headers: fromKafkaHeaders(m.Headers),
+		},
+		WireTopic: m.Topic,
+		Partition: m.Partition,
+		Offset:    m.Offset,
+		Time:      m.Time,
+	}
+	pctx := b.prop.extract(ctx, rec.Headers)
+	hctx, span := b.tracer.Start(pctx, "process "+m.Topic,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			semconv.MessagingSystemKafka,
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+			semconv.MessagingDestinationName(m.Topic),
+			semconv.MessagingConsumerGroupName(c.sub.Group),
+			semconv.MessagingDestinationPartitionID(strconv.Itoa(m.Partition)),
+			semconv.MessagingKafkaOffset(int(m.Offset)),
+			semconv.MessagingMessageBodySize(len(m.Value)),
+			attrHandler.String(c.sub.Name),
+		))
+	defer span.End()
+	if len(m.Key) > 0 {
+		span.SetAttributes(semconv.MessagingKafkaMessageKey(string(m.Key)))
+	}
+	logger := c.logger.With(slog.Int("partition", m.Partition), slog.Int64("offset", m.Offset))
+
+	outcome, err := c.process(hctx, rec, logger)
+	if err != nil {
+		span.SetStatus(codes.Error, "consumer stopped before the record was done")
+		return err
+	}
+
+	if hook := testHookBeforeCommit; hook != nil {
+		hook(rec)
+	}
+	// What the record produced is acknowledged: commit even if ctx is
+	// being cancelled right now, so that a clean shutdown redelivers as
+	// little as possible.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.RequestTimeout)
+	defer cancel()
+	if err := c.reader.CommitMessages(cctx, m); err != nil {
+		// Nothing is lost: the record comes again (and a later commit on
+		// the partition covers it).
+		logger.ErrorContext(hctx, "committing offset failed; the record will be delivered again", slog.Any("error", err))
+		span.RecordError(err)
+	}
+	b.inst.consumed.Add(ctx, 1, c.attrs, metric.WithAttributes(attrOutcome.String(outcome)))
+	b.inst.handleDuration.Record(ctx, time.Since(start).Seconds(), c.attrs, metric.WithAttributes(attrOutcome.String(outcome)))
+	return nil
+}
+
+// process runs the handler with retries and publishes its outputs, or
+// dead-letters the record. It returns the outcome, or ctx's error if ctx
+// was cancelled first.
+func (c *consumer) process(ctx context.Context, rec Record, logger *slog.Logger) (string, error) {
+	retry := c.bus.cfg.Retry
+	span := trace.SpanFromContext(ctx)
+
+	var outs []Message
+	for attempt := 1; ; attempt++ {
+		var err error
+		outs, err = c.call(ctx, rec)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		if IsPermanent(err) || attempt >= retry.Attempts {
+			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
+		}
+		c.retrying(ctx, logger, span, "handler failed; retrying", err, attempt)
+		if !sleep(ctx, retry.Backoff(attempt)) {
+			return "", ctx.Err()
+		}
+	}
+
+	if len(outs) == 0 {
+		return outcomeOK, nil
+	}
+	// The handler is done; publish its outputs (the same ones: the
+	// handler is not run again) until they are acknowledged.
+	for attempt := 1; ; attempt++ {
+		err := c.bus.Publish(ctx, outs...)
+		if err == nil {
+			return outcomeOK, nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		err = fmt.Errorf("publishing the handler's %d messages: %w", len(outs), err)
+		if IsPermanent(err) || attempt >= retry.Attempts {
+			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
+		}
+		c.retrying(ctx, logger, span, "publishing outputs failed; retrying", err, attempt)
+		if !sleep(ctx, retry.Backoff(attempt)) {
+			return "", ctx.Err()
+		}
+	}
+}
+
+func (c *consumer) retrying(ctx context.Context, logger *slog.Logger, span trace.Span, msg string, err error, attempt int) {
+	logger.WarnContext(ctx, msg, slog.Any("error", err), slog.Int("attempt", attempt), slog.Int("attempts", c.bus.cfg.Retry.Attempts))
+	span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("error", err.Error())))
+	c.bus.inst.retries.Add(ctx, 1, c.attrs)
+}
+
+// call runs the handler, turning a panic into a permanent error.
+func (c *consumer) call(ctx context.Context, rec Record) (outs []Message, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			outs, err = nil, Permanent(&panicError{value: p, stack: debug.Stack()})
+		}
+	}()
+	return c.sub.Handler(ctx, rec)
+}
+
+// dlqHeaders are the header names the bus sets on a dead letter; older
+// values (a record dead-lettered before, replayed, and failing again) are
+// replaced.
+var dlqHeaders = []string{
+	events.HeaderDeadLetterReason, events.HeaderDeadLetterTopic, events.HeaderDeadLetterPartition,
+	events.HeaderDeadLetterOffset, events.HeaderDeadLetterHandler, events.HeaderDeadLetterGroup,
+	events.HeaderDeadLetterAttempts, events.HeaderDeadLetterTime,
+}
+
+// deadLetter writes rec to the dead-letter topic and returns once that is
+// acknowledged (nil), or ctx's error if ctx is cancelled first: nothing
+// else may be committed past a record that is in neither place.
+func (c *consumer) deadLetter(ctx context.Context, rec Record, cause error, attempts int, logger *slog.Logger) error {
+	reason := reasonExhausted
+	var pe *panicError
+	switch {
+	case errors.As(cause, &pe):
+		reason = reasonPanic
+	case IsPermanent(cause):
+		reason = reasonPermanent
+	}
+	text := cause.Error()
+	if len(text) > reasonLimit {
+		text = text[:reasonLimit] + "…"
+	}
+	if reason == reasonExhausted {
+		text = fmt.Sprintf("gave up after %d attempts: %s", attempts, text)
+	}
+
+	headers := make([]Header, 0, len(rec.Headers)+len(dlqHeaders))
+	for _, h := range rec.Headers {
+		if !isDLQHeader(h.Key) {
+			headers = append(headers, h)
+		}
+	}
+	dlqh := func(reason string) []Header {
+		return []Header{
+			{events.HeaderDeadLetterReason, []byte(reason)},
+			{events.HeaderDeadLetterTopic, []byte(rec.WireTopic)},
+			{events.HeaderDeadLetterPartition, []byte(strconv.Itoa(rec.Partition))},
+			{events.HeaderDeadLetterOffset, []byte(strconv.FormatInt(rec.Offset, 10))},
+			{events.HeaderDeadLetterHandler, []byte(c.sub.Name)},
+			{events.HeaderDeadLetterGroup, []byte(c.sub.Group)},
+			{events.HeaderDeadLetterAttempts, []byte(strconv.Itoa(attempts))},
+			{events.HeaderDeadLetterTime, []byte(time.Now().UTC().Format(time.RFC3339))},
+		}
+	}
+	dl := Message{
+		Topic:   events.TopicDeadLetter,
+		Key:     rec.Key,
+		Value:   rec.Value,
+		Headers: append(headers, dlqh(text)...),
+	}
+	stripped := false
+	for try := 1; ; try++ {
+		err := c.bus.publish(ctx, []Message{dl}, false)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if IsPermanent(err) && !stripped {
+			// The record itself cannot be written (a record larger than
+			// the bus carries, from a foreign producer): dead-letter its
+			// coordinates so that an operator can fetch it from the
+			// source topic.
+			stripped = true
+			logger.WarnContext(ctx, "record cannot be copied to the dead-letter topic; dead-lettering its coordinates only", slog.Any("error", err))
+			dl.Value = nil
+			dl.Headers = dlqh(text + "; value not copied (" + err.Error() + "): read it from the source topic at this partition and offset")
+			continue
+		}
+		d := c.bus.cfg.Retry.Backoff(try)
+		logger.WarnContext(ctx, "dead-lettering failed; retrying", slog.Any("error", err), slog.Int("attempt", try), slog.Duration("retry_in", d))
+		if !sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+
+	span := trace.SpanFromContext(ctx)
+	span.RecordError(cause)
+	span.SetStatus(codes.Error, "dead-lettered: "+reason)
+	attrs := []any{
+		slog.Any("error", cause), slog.String("reason", reason), slog.Int("attempts", attempts),
+		slog.String("deadletter_topic", c.bus.Topic(events.TopicDeadLetter)),
+	}
+	if pe != nil {
+		attrs = append(attrs, slog.String("stack", string(pe.stack)))
+	}
+	logger.ErrorContext(ctx, "record dead-lettered", attrs...)
+	c.bus.inst.deadLetter.Add(ctx, 1, c.attrs, metric.WithAttributes(attrReason.String(reason)))
+	return nil
+}
+
+func isDLQHeader(key string) bool {
+	for _, k := range dlqHeaders {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// sleep waits d or until ctx is done; it reports whether it waited d.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
