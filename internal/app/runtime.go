@@ -63,7 +63,7 @@ func Start(ctx context.Context, c Common, opts Options) (_ *Runtime, err error) 
 	if opts.Needs.Bus {
 		busCfg := c.Bus
 		if c.EmbeddedBroker() {
-			rt.Broker, err = broker.Start(c.Broker, busCfg.MaxRecordBytes, rt.Logger)
+			rt.Broker, err = broker.Start(c.Broker, busCfg.BrokerMaxMessageBytes(), rt.Logger)
 			if err != nil {
 				return nil, fmt.Errorf("embedded broker: %w", err)
 			}

@@ -109,7 +109,7 @@ type routerSettings struct {
 	Ratio     float64  `yaml:"ratio"`
 	Limit     uint32   `yaml:"limit"`
 	Hidden    string   `yaml:"-"`
-	unexposed int
+	unexposed int      //lint:ignore U1000 present to prove the loader skips unexported fields
 }
 
 type testConfig struct {

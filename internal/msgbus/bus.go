@@ -158,6 +158,9 @@ func (b *Bus) EnsureTopics(ctx context.Context, logical ...string) error {
 			wire = append(wire, t)
 		}
 	}
+	// kafka-go answers this from its transport's metadata cache, which
+	// may be a few seconds old: a topic someone else just created shows
+	// up as missing, and CreateTopics then says it already exists.
 	meta, err := b.client.Metadata(ctx, &kafka.MetadataRequest{Topics: wire})
 	if err != nil {
 		return fmt.Errorf("msgbus: ensure topics: metadata: %w", err)
@@ -367,13 +370,11 @@ func (b *Bus) publish(ctx context.Context, msgs []Message, inject bool) error {
 	if err == nil {
 		return nil
 	}
-	if werrs != nil {
-		// Report the first failure; all records of a batch share it.
-		for _, e := range werrs {
-			if e != nil {
-				err = e
-				break
-			}
+	// Report the first failure; all records of a batch share it.
+	for _, e := range werrs {
+		if e != nil {
+			err = e
+			break
 		}
 	}
 	err = fmt.Errorf("msgbus: publish %d of %d records to %s: %w", failed, len(kms), kms[0].Topic, err)

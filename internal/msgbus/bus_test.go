@@ -50,8 +50,7 @@ func TestDeadLetter(t *testing.T) {
 		case "smarthost-down":
 			return nil, errors.New("dial smarthost: connection refused")
 		case "bug":
-			var m map[string]int
-			m["boom"]++ // a nil-map panic
+			panic("handler bug: index out of range")
 		}
 		return []Message{{Topic: out, Key: rec.Key, Value: rec.Value}}, nil
 	}

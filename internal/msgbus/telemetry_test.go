@@ -95,7 +95,7 @@ func TestTraceAcrossKafka(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range process.Attributes() {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	for k, v := range map[string]string{
 		"messaging.system": "kafka", "messaging.operation.type": "process",

@@ -168,8 +168,8 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *DovecotServer {
 	var passwd strings.Builder
 	for _, u := range opts.Users {
 		name := dovecotUsername(u.Username)
-		if name == "" || strings.ContainsAny(name, ":/\n\r\t\x00") || name == "." || name == ".." {
-			t.Fatalf("testenv: dovecot: invalid username %q", u.Username)
+		if err := checkUsername(name); err != nil {
+			t.Fatalf("testenv: dovecot: %v", err)
 		}
 		fmt.Fprintf(&passwd, "%s:{SHA512-CRYPT}%s::::::\n", name, SHA512Crypt(u.Password))
 		d.MakeMaildir(t, name)
@@ -266,13 +266,17 @@ func (d *DovecotServer) UserMaildir(username string) string {
 	return filepath.Join(d.MailDir, dovecotUsername(username))
 }
 
-// MakeMaildir creates the (empty) Maildir of username, owned by the mail
-// user, unless it exists, and returns its path. StartDovecot does this for
-// DovecotOptions.Users; Dovecot creates other users' Maildirs itself on first
-// access, but a Maildir created by someone else (e.g. root, 0700) would be
-// unusable by Dovecot, so create it with this first.
+// MakeMaildir creates the Maildir of username (the directory and its cur/,
+// new/ and tmp/) unless they exist, gives them to the mail user, and returns
+// the Maildir's path. StartDovecot does this for DovecotOptions.Users.
+// Dovecot creates other users' Maildirs itself on first access, but one
+// created by someone else (e.g. root, mode 0700) is unusable by Dovecot: call
+// this first.
 func (d *DovecotServer) MakeMaildir(t testing.TB, username string) string {
 	t.Helper()
+	if err := checkUsername(dovecotUsername(username)); err != nil {
+		t.Fatalf("testenv: dovecot: %v", err)
+	}
 	dir := d.UserMaildir(username)
 	for _, p := range []string{dir, filepath.Join(dir, "cur"), filepath.Join(dir, "new"), filepath.Join(dir, "tmp")} {
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -491,7 +495,7 @@ func greet(ctx context.Context, addr, want string, tlsConf *tls.Config) error {
 		return err
 	}
 	if !strings.HasPrefix(line, want) {
-		return fmt.Errorf("greeting %q, want %q...", strings.TrimSpace(line), want)
+		return fmt.Errorf("greeting %q, want one starting with %q", strings.TrimSpace(line), want)
 	}
 	return nil
 }
@@ -560,6 +564,15 @@ func dovecotUsername(name string) string {
 		}
 	}
 	return string(b)
+}
+
+// checkUsername rejects names that do not fit in the passwd-file or would
+// not name a directory directly below MailDir.
+func checkUsername(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, ":/\\\n\r\t\x00%") {
+		return fmt.Errorf("invalid username %q", name)
+	}
+	return nil
 }
 
 // checkConfigPath rejects paths that the generated configuration could not
@@ -765,6 +778,8 @@ func dovecotConfig(p configParams) string {
 	}
 	w("}")
 	if p.checkpw != "" {
+		w("# The userdb's uid/gid also override the userdb_uid=0 that")
+		w("# checkpassword-reply reports when run by a root auth process.")
 		w("passdb {")
 		w("  driver = checkpassword")
 		w("  args = %s", p.checkpw)
