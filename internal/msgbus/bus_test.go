@@ -95,7 +95,7 @@ func TestDeadLetter(t *testing.T) {
 	}{
 		{"unparseable", "parse envelope: no recipients", "1"},
 		{"smarthost-down", "gave up after 3 attempts: dial smarthost: connection refused", "3"},
-		{"bug", "handler panicked: assignment to entry in nil map", "1"},
+		{"bug", "handler panicked: handler bug: index out of range", "1"},
 	} {
 		m, ok := byValue[tt.value]
 		if !ok {
