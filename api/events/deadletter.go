@@ -26,9 +26,16 @@ var deadLetterHeaders = map[string]bool{
 }
 
 // Encode returns the dead-letter record: the original key and value, the
-// original headers, and the dead-letter headers after them.
+// original headers, and the dead-letter headers after them. Dead-letter
+// headers already on the original (a replayed record that failed again) are
+// replaced, not repeated.
 func (d DeadLetter) Encode() Record {
-	h := headerWriter(append([]Header(nil), d.Original.Headers...))
+	h := make(headerWriter, 0, len(d.Original.Headers)+len(deadLetterHeaders))
+	for _, oh := range d.Original.Headers {
+		if !deadLetterHeaders[oh.Key] {
+			h = append(h, oh)
+		}
+	}
 	h.add(HeaderDeadLetterReason, d.Reason)
 	h.add(HeaderDeadLetterTopic, d.Topic)
 	h.add(HeaderDeadLetterPartition, strconv.Itoa(d.Partition))

@@ -144,6 +144,14 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(out, d) {
 		t.Errorf("round trip:\n got %+v\nwant %+v", out, d)
 	}
+	// A replayed dead letter that fails again carries one set of headers.
+	again := DeadLetter{Reason: "still no route", Topic: "hq.mail.inbound", Handler: "router", Attempts: 1, Original: rec}.Encode()
+	if n := len(again.All(HeaderDeadLetterReason)); n != 1 {
+		t.Errorf("re-dead-lettered record has %d reason headers, want 1", n)
+	}
+	if v, _ := again.Get(HeaderDeadLetterReason); v != "still no route" {
+		t.Errorf("reason = %q, want the new one", v)
+	}
 	// The original record is still readable as what it was.
 	if _, err := DecodeInbound(out.Original); err != nil {
 		t.Errorf("original record: %v", err)

@@ -482,7 +482,7 @@ func TestPermanent(t *testing.T) {
 }
 
 func TestMessageHeaders(t *testing.T) {
-	m := Message{Headers: []Header{{"a", []byte("1")}, {"b", []byte("2")}, {"a", []byte("3")}}}
+	m := Message{Headers: []Header{{Key: "a", Value: []byte("1")}, {Key: "b", Value: []byte("2")}, {Key: "a", Value: []byte("3")}}}
 	if v, ok := m.Header("a"); !ok || v != "3" {
 		t.Errorf("Header(a) = %q, %v; want the last, 3", v, ok)
 	}

@@ -287,15 +287,6 @@ func (c *consumer) call(ctx context.Context, rec Record) (outs []Message, err er
 	return c.sub.Handler(ctx, rec)
 }
 
-// dlqHeaders are the header names the bus sets on a dead letter; older
-// values (a record dead-lettered before, replayed, and failing again) are
-// replaced.
-var dlqHeaders = []string{
-	events.HeaderDeadLetterReason, events.HeaderDeadLetterTopic, events.HeaderDeadLetterPartition,
-	events.HeaderDeadLetterOffset, events.HeaderDeadLetterHandler, events.HeaderDeadLetterGroup,
-	events.HeaderDeadLetterAttempts, events.HeaderDeadLetterTime,
-}
-
 // deadLetter writes rec to the dead-letter topic and returns once that is
 // acknowledged (nil), or ctx's error if ctx is cancelled first: nothing
 // else may be committed past a record that is in neither place.
@@ -316,30 +307,18 @@ func (c *consumer) deadLetter(ctx context.Context, rec Record, cause error, atte
 		text = fmt.Sprintf("gave up after %d attempts: %s", attempts, text)
 	}
 
-	headers := make([]Header, 0, len(rec.Headers)+len(dlqHeaders))
-	for _, h := range rec.Headers {
-		if !isDLQHeader(h.Key) {
-			headers = append(headers, h)
-		}
+	dead := events.DeadLetter{
+		Reason:    text,
+		Topic:     rec.WireTopic,
+		Partition: rec.Partition,
+		Offset:    rec.Offset,
+		Handler:   c.sub.Name,
+		Group:     c.sub.Group,
+		Attempts:  attempts,
+		Time:      time.Now().UTC().Truncate(time.Second),
+		Original:  rec.Event(),
 	}
-	dlqh := func(reason string) []Header {
-		return []Header{
-			{events.HeaderDeadLetterReason, []byte(reason)},
-			{events.HeaderDeadLetterTopic, []byte(rec.WireTopic)},
-			{events.HeaderDeadLetterPartition, []byte(strconv.Itoa(rec.Partition))},
-			{events.HeaderDeadLetterOffset, []byte(strconv.FormatInt(rec.Offset, 10))},
-			{events.HeaderDeadLetterHandler, []byte(c.sub.Name)},
-			{events.HeaderDeadLetterGroup, []byte(c.sub.Group)},
-			{events.HeaderDeadLetterAttempts, []byte(strconv.Itoa(attempts))},
-			{events.HeaderDeadLetterTime, []byte(time.Now().UTC().Format(time.RFC3339))},
-		}
-	}
-	dl := Message{
-		Topic:   events.TopicDeadLetter,
-		Key:     rec.Key,
-		Value:   rec.Value,
-		Headers: append(headers, dlqh(text)...),
-	}
+	dl := NewMessage(events.TopicDeadLetter, dead.Encode())
 	stripped := false
 	for try := 1; ; try++ {
 		err := c.bus.publish(ctx, []Message{dl}, false)
@@ -356,8 +335,9 @@ func (c *consumer) deadLetter(ctx context.Context, rec Record, cause error, atte
 			// source topic.
 			stripped = true
 			logger.WarnContext(ctx, "record cannot be copied to the dead-letter topic; dead-lettering its coordinates only", slog.Any("error", err))
-			dl.Value = nil
-			dl.Headers = dlqh(text + "; value not copied (" + err.Error() + "): read it from the source topic at this partition and offset")
+			dead.Reason = text + "; value not copied (" + err.Error() + "): read it from the source topic at this partition and offset"
+			dead.Original = events.Record{Key: rec.Key}
+			dl = NewMessage(events.TopicDeadLetter, dead.Encode())
 			continue
 		}
 		d := c.bus.cfg.Retry.Backoff(try)
@@ -380,15 +360,6 @@ func (c *consumer) deadLetter(ctx context.Context, rec Record, cause error, atte
 	logger.ErrorContext(ctx, "record dead-lettered", attrs...)
 	c.bus.inst.deadLetter.Add(ctx, 1, c.attrs, metric.WithAttributes(attrReason.String(reason)))
 	return nil
-}
-
-func isDLQHeader(key string) bool {
-	for _, k := range dlqHeaders {
-		if k == key {
-			return true
-		}
-	}
-	return false
 }
 
 // sleep waits d or until ctx is done; it reports whether it waited d.

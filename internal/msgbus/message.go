@@ -2,6 +2,8 @@ package msgbus
 
 import (
 	"time"
+
+	"github.com/postern/postern/api/events"
 )
 
 // Message is a record to publish, or what a handler produces.
@@ -18,10 +20,19 @@ type Message struct {
 	Headers []Header
 }
 
-// Header is a Kafka record header.
-type Header struct {
-	Key   string
-	Value []byte
+// Header is a Kafka record header: the contract's own type, so that
+// records encoded by api/events travel without conversion.
+type Header = events.Header
+
+// NewMessage is the message that carries an encoded contract record on a
+// logical topic.
+func NewMessage(topic string, r events.Record) Message {
+	return Message{Topic: topic, Key: r.Key, Value: r.Value, Headers: r.Headers}
+}
+
+// Event is the message as a contract record, for the api/events decoders.
+func (m Message) Event() events.Record {
+	return events.Record{Key: m.Key, Value: m.Value, Headers: m.Headers}
 }
 
 // Header returns the value of the last header named key (names are
