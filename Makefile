@@ -32,9 +32,9 @@ generate:
 
 ## generate-check: fail if a generated file is not what `make generate` produces
 generate-check: generate
-	@if [ -n "$$(git status --porcelain -- docs api '*.gen.go')" ]; then \
+	@if [ -n "$$(git status --porcelain -- docs ':(glob)**/*.gen.go')" ]; then \
 		echo "generated files are out of date; run 'make generate' and commit:"; \
-		git status --porcelain -- docs api '*.gen.go'; git --no-pager diff --stat -- docs api; exit 1; fi
+		git status --porcelain -- docs ':(glob)**/*.gen.go'; git --no-pager diff --stat -- docs ':(glob)**/*.gen.go'; exit 1; fi
 
 ## lint: gofmt, go vet, staticcheck
 lint: $(BIN)/staticcheck
