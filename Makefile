@@ -5,10 +5,11 @@ BIN := $(CURDIR)/bin
 # Every module of the workspace (go.work); patterns reach all of them.
 PKGS := ./... ./api/... ./internal/... ./services/users/... ./services/fetcher/... ./services/router/... ./services/relay/...
 STATICCHECK_VERSION := v0.8.2
+REDOCLY_CLI_VERSION := 2.77.0
 TEST_TIMEOUT ?= 25m
 BENCHTIME ?= 3s
 
-.PHONY: run build test test-race generate generate-check lint check bench fuzz clean
+.PHONY: run build test test-race generate generate-check lint openapi-lint check bench fuzz clean
 
 ## run: Postern in one process on the embedded defaults (broker, SQLite, Maildir under ./var)
 run:
@@ -45,8 +46,12 @@ lint: $(BIN)/staticcheck
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) GOWORK=off $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+## openapi-lint: lint the users service's OpenAPI document (Redocly CLI from npm, needs node)
+openapi-lint:
+	npx --yes @redocly/cli@$(REDOCLY_CLI_VERSION) lint --config api/openapi/redocly.yaml api/openapi/users.yaml
+
 ## check: what CI runs before the tests
-check: lint generate-check
+check: lint generate-check openapi-lint
 
 ## bench: bus throughput on the embedded broker (see README "Benchmarks")
 bench:

@@ -203,4 +203,7 @@ type Change struct {
 	ID   string          `json:"id"`
 	Op   string          `json:"op"` // events.OpUpsert or events.OpDelete
 	Data json.RawMessage `json:"data,omitempty"`
+	// Actor is the actor of the transaction's first audit entry (see
+	// events.DirectoryChange.Actor).
+	Actor string `json:"actor,omitempty"`
 }
