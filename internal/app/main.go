@@ -52,7 +52,7 @@ func (p Program) Run(ctx context.Context, args []string, stdout, stderr io.Write
 	common := p.Common()
 
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	rt, err := Start(startCtx, *common, Options{Name: p.Name, Version: p.Version, LogOutput: stderr, Needs: p.Needs()})
+	rt, err := Start(startCtx, *common, Options{Name: p.Name, Version: p.Version, LogOutput: stderr, Out: stdout, Needs: p.Needs()})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: start: %v\n", p.Name, err)

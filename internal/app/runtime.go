@@ -27,6 +27,7 @@ type Options struct {
 	Name      string    // process name for telemetry: "postern", "router", ...
 	Version   string    // build version
 	LogOutput io.Writer // where logs go (stderr in production)
+	Out       io.Writer // where a service prints what an operator must see at start (endpoints, a bootstrap token); nil: discarded
 	Needs     Needs
 }
 
@@ -34,6 +35,7 @@ type Options struct {
 // services share one Runtime: one broker, one bus client, one site state.
 type Runtime struct {
 	Common    Common
+	Out       io.Writer // the operator's terminal (stdout): endpoints, a first-start token
 	Logger    *slog.Logger
 	Telemetry *telemetry.Telemetry
 	Broker    *broker.Broker // nil when bus.brokers names a real cluster
@@ -45,7 +47,10 @@ type Runtime struct {
 // brokers are configured, the bus with every topic created, and the site
 // state. On error, whatever was started is closed again.
 func Start(ctx context.Context, c Common, opts Options) (_ *Runtime, err error) {
-	rt := &Runtime{Common: c}
+	rt := &Runtime{Common: c, Out: opts.Out}
+	if rt.Out == nil {
+		rt.Out = io.Discard
+	}
 	rt.Logger = logging.New(c.Log, opts.LogOutput).With("site", c.Site)
 	defer func() {
 		if err != nil {
