@@ -2448,7 +2448,7 @@ type ClientInterface interface {
 	// | `internet_receive`, `internet_send`, `enabled` | `true`/`false`, `yes`/`no` or `1`/`0` |
 	// | `quota_bytes` | 0 for no quota |
 	//
-	// Every line needs exactly one of `password` and `password_hash`.
+	// Every line needs exactly one of `password` and `password_hash`, except that in a file with a `password_hash` column and no `password` column (the shape of an export) an empty hash creates a user without a password, as exported.
 	// Example: `"username","description","password"` then
 	// `"john","John Doe","abcd1234"`. A user whose username exists is
 	// updated, any other is created; a column that is absent takes the
@@ -3413,7 +3413,7 @@ func (c *Client) ExportUsers(ctx context.Context, params *ExportUsersParams, req
 // | `internet_receive`, `internet_send`, `enabled` | `true`/`false`, `yes`/`no` or `1`/`0` |
 // | `quota_bytes` | 0 for no quota |
 //
-// Every line needs exactly one of `password` and `password_hash`.
+// Every line needs exactly one of `password` and `password_hash`, except that in a file with a `password_hash` column and no `password` column (the shape of an export) an empty hash creates a user without a password, as exported.
 // Example: `"username","description","password"` then
 // `"john","John Doe","abcd1234"`. A user whose username exists is
 // updated, any other is created; a column that is absent takes the
@@ -6426,7 +6426,7 @@ type ClientWithResponsesInterface interface {
 	// | `internet_receive`, `internet_send`, `enabled` | `true`/`false`, `yes`/`no` or `1`/`0` |
 	// | `quota_bytes` | 0 for no quota |
 	//
-	// Every line needs exactly one of `password` and `password_hash`.
+	// Every line needs exactly one of `password` and `password_hash`, except that in a file with a `password_hash` column and no `password` column (the shape of an export) an empty hash creates a user without a password, as exported.
 	// Example: `"username","description","password"` then
 	// `"john","John Doe","abcd1234"`. A user whose username exists is
 	// updated, any other is created; a column that is absent takes the
@@ -10918,7 +10918,7 @@ func (c *ClientWithResponses) ExportUsersWithResponse(ctx context.Context, param
 // | `internet_receive`, `internet_send`, `enabled` | `true`/`false`, `yes`/`no` or `1`/`0` |
 // | `quota_bytes` | 0 for no quota |
 //
-// Every line needs exactly one of `password` and `password_hash`.
+// Every line needs exactly one of `password` and `password_hash`, except that in a file with a `password_hash` column and no `password` column (the shape of an export) an empty hash creates a user without a password, as exported.
 // Example: `"username","description","password"` then
 // `"john","John Doe","abcd1234"`. A user whose username exists is
 // updated, any other is created; a column that is absent takes the

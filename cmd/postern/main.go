@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/postern/postern/cmd/postern/internal/admin"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const usage = `usage: postern <command> [flags]
+const usageHead = `usage: postern <command> [flags]
 
 commands:
   serve              run the services (all four by default) in one process
@@ -21,6 +23,10 @@ commands:
   config reference   write the configuration reference (docs/configuration.md)
   version            print the version
 
+administration (over the users service's API):
+`
+
+const usageTail = `
 Run "postern <command> -h" for a command's flags.
 `
 
@@ -29,9 +35,13 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	usage := usageHead + admin.Usage() + usageTail
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	if admin.IsCommand(args[0]) {
+		return admin.Main(ctx, args, stdout, stderr, version)
 	}
 	switch args[0] {
 	case "serve":

@@ -94,8 +94,9 @@ type Given struct {
 
 // Row is one accepted line: values normalized (username lower-cased,
 // addresses by directory.NormalizeAddress, site and group names
-// lower-cased), Description and Password exactly as written. Exactly one
-// of Password and PasswordHash is set.
+// lower-cased), Description and Password exactly as written. At most one
+// of Password and PasswordHash is set (none only for an export-shaped file,
+// whose empty password_hash stands for a user without a password).
 type Row struct {
 	Line            int // physical line where the record starts
 	Username        string
@@ -420,11 +421,13 @@ func (p *parser) row(rec []string, start int, lineOf func(int) int) (Row, []Line
 	case pwCol >= 0 && hashCol >= 0:
 		fail(hashCol, "give password or password_hash, not both")
 	case pwCol < 0 && hashCol < 0:
-		col := p.columnIndex(ColPassword)
-		if col < 0 {
-			col = p.columnIndex(ColPasswordHash)
+		// A file with only a password_hash column is an export: an empty
+		// hash is a user without a password (who cannot log in until one
+		// is set), as it was exported. Where a password column exists, an
+		// empty one is a mistake.
+		if col := p.columnIndex(ColPassword); col >= 0 {
+			fail(col, "required: give password or password_hash")
 		}
-		fail(col, "required: give password or password_hash")
 	}
 	// Addresses: each once in the row and in the file.
 	inRow := map[string]bool{}

@@ -158,7 +158,7 @@ func CheckImportedHash(hash string) error {
 
 func splitScheme(hash string) (scheme, rest string, err error) {
 	if !strings.HasPrefix(hash, "{") {
-		return "", "", fmt.Errorf("not a password hash: want {%s}... or {%s}...", SchemeArgon2ID, SchemeBlfCrypt)
+		return "", "", fmt.Errorf("not a password hash: want one starting with {%s} or {%s}", SchemeArgon2ID, SchemeBlfCrypt)
 	}
 	end := strings.IndexByte(hash, '}')
 	if end < 0 || end > 32 {

@@ -9,13 +9,13 @@ import (
 // Sentinel errors. The typed errors below match them with errors.Is, so the
 // API can map a class of error to a status without knowing the type.
 var (
-	ErrNotFound     = errors.New("not found")                                    // 404
-	ErrStale        = errors.New("version changed since it was read")            // 412
-	ErrConflict     = errors.New("already in use")                               // 409
-	ErrReference    = errors.New("refers to an object that does not exist")      // 422
-	ErrInUse        = errors.New("still referred to")                            // 409
-	ErrCycle        = errors.New("group membership cycle")                       // 422
-	ErrBadCursor    = errors.New("invalid cursor")                               // 400
+	ErrNotFound     = errors.New("not found")                                   // 404
+	ErrStale        = errors.New("version changed since it was read")           // 412
+	ErrConflict     = errors.New("already in use")                              // 409
+	ErrReference    = errors.New("refers to an object that does not exist")     // 422
+	ErrInUse        = errors.New("still referred to")                           // 409
+	ErrCycle        = errors.New("group membership cycle")                      // 422
+	ErrBadCursor    = errors.New("invalid cursor")                              // 400
 	ErrNoAudit      = errors.New("a write transaction recorded no audit entry") // a bug in the caller
 	ErrTxDone       = errors.New("transaction has already ended")
 	ErrSchemaTooNew = errors.New("database schema is newer than this program")

@@ -4,16 +4,19 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 )
 
 var sqliteDialect = &dialect{
-	name:   DriverSQLite,
-	readTx: &sql.TxOptions{ReadOnly: true},
+	name:       DriverSQLite,
+	readTx:     &sql.TxOptions{ReadOnly: true},
+	anonParams: true,
 }
 
 // OpenSQLite opens the SQLite database at path (creating it and its
@@ -57,5 +60,36 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 		_ = r.Close()
 		return nil, fmt.Errorf("users store: open %s: %w", path, err)
 	}
-	return &sqlStore{d: sqliteDialect, w: w, r: r}, nil
+	// Planner statistics: SQLite keeps none unless asked. This is what its
+	// documentation recommends for long-lived connections: optimize at
+	// open, then every few hours (optimizeLoop).
+	if _, err := w.ExecContext(ctx, "PRAGMA optimize=0x10002"); err != nil {
+		_ = w.Close()
+		_ = r.Close()
+		return nil, fmt.Errorf("users store: optimize %s: %w", path, err)
+	}
+	bctx, cancel := context.WithCancel(context.Background())
+	s := &sqlStore{d: sqliteDialect, w: w, r: r, stopBackground: cancel, backgroundDone: make(chan struct{})}
+	go s.optimizeLoop(bctx)
+	return s, nil
+}
+
+// optimizeInterval is how often the SQLite store refreshes the planner's
+// statistics (ANALYZE of the tables that changed a lot).
+const optimizeInterval = time.Hour
+
+func (s *sqlStore) optimizeLoop(ctx context.Context) {
+	defer close(s.backgroundDone)
+	t := time.NewTicker(optimizeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.w.ExecContext(ctx, "PRAGMA optimize"); err != nil && ctx.Err() == nil {
+				slog.Warn("users store: PRAGMA optimize", "error", err)
+			}
+		}
+	}
 }

@@ -26,6 +26,8 @@ type dialect struct {
 	notify string
 	// migrateLock runs first in every migration transaction.
 	migrateLock string
+	// anonParams: long parameter lists use "?" (see placeholders).
+	anonParams bool
 }
 
 // querier is what *sql.DB and *sql.Tx have in common.
@@ -73,7 +75,7 @@ func (s *sqlStore) Update(ctx context.Context, fn func(tx Tx) error) (err error)
 	if err != nil {
 		return err
 	}
-	t := &txn{reader: reader{q: sqlTx}, s: s, tx: sqlTx, seq: seq, now: now()}
+	t := &txn{reader: reader{q: sqlTx, d: s.d}, s: s, tx: sqlTx, seq: seq, now: now()}
 	err = fn(t)
 	t.done = true
 	if err != nil {
@@ -131,7 +133,7 @@ func (s *sqlStore) read(ctx context.Context, fn func(r *reader) error) error {
 		return fmt.Errorf("users store: begin read: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if err := fn(&reader{q: tx}); err != nil {
+	if err := fn(&reader{q: tx, d: s.d}); err != nil {
 		return err
 	}
 	return tx.Commit()

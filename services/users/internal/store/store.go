@@ -221,7 +221,10 @@ type Store interface {
 	// Update runs fn in one write transaction and commits it if fn returns
 	// nil; otherwise (or if fn panics) nothing fn wrote is kept, change-log
 	// and audit entries included, and fn's error is returned. Writers are
-	// serialised: one Update at a time writes, across processes too.
+	// serialised: one Update at a time writes, across processes too, so
+	// keep fn short and free of network calls. fn reads through tx (the
+	// Store's own read methods do not see its writes) and must not call
+	// Update: the inner call would wait for the outer one forever.
 	Update(ctx context.Context, fn func(tx Tx) error) error
 
 	// TouchToken records that a token was used at at. To spare the
@@ -271,9 +274,9 @@ type Store interface {
 
 // Tuning constants.
 const (
-	DefaultChangesLimit = 1000             // ChangesSince with limit <= 0
-	MaxChangesLimit     = 10000            // larger limits are lowered to this
-	TouchGranularity    = time.Minute      // see Store.TouchToken
-	PollInterval        = 2 * time.Second  // see Store.WaitForChange
+	DefaultChangesLimit = 1000            // ChangesSince with limit <= 0
+	MaxChangesLimit     = 10000           // larger limits are lowered to this
+	TouchGranularity    = time.Minute     // see Store.TouchToken
+	PollInterval        = 2 * time.Second // see Store.WaitForChange
 	notifyChannel       = "postern_users_changes"
 )

@@ -26,12 +26,19 @@ func openSQLite(t testing.TB) store.Store {
 
 func openPostgres(t testing.TB) store.Store {
 	t.Helper()
-	s, err := store.OpenPostgres(context.Background(), testenv.PostgresDB(t))
+	s, _ := openPostgresDSN(t)
+	return s
+}
+
+func openPostgresDSN(t testing.TB) (store.Store, string) {
+	t.Helper()
+	dsn := testenv.PostgresDB(t)
+	s, err := store.OpenPostgres(context.Background(), dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return s, dsn
 }
 
 func TestSQLite(t *testing.T) {

@@ -77,7 +77,7 @@ func (t *txn) finish(ctx context.Context) error {
 		}
 		rows[i] = []any{c.Seq, c.At.UnixMicro(), c.Kind, c.ID, c.Op, c.Actor, data}
 	}
-	if err := insertRows(ctx, t.tx, "changes", []string{"seq", "at_us", "kind", "object_id", "op", "actor", "data"}, rows); err != nil {
+	if err := t.insertRows(ctx, "changes", []string{"seq", "at_us", "kind", "object_id", "op", "actor", "data"}, rows); err != nil {
 		return fmt.Errorf("users store: append to change log: %w", err)
 	}
 	if _, err := t.tx.ExecContext(ctx, `UPDATE change_seq SET seq = $1 WHERE id = 1`, t.seq); err != nil {
@@ -145,7 +145,7 @@ const maxParams = 8000
 
 // insertRows inserts rows (each with one value per column) with as few
 // statements as the parameter limit allows.
-func insertRows(ctx context.Context, q querier, table string, cols []string, rows [][]any) error {
+func (t *txn) insertRows(ctx context.Context, table string, cols []string, rows [][]any) error {
 	per := max(1, maxParams/len(cols))
 	head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") VALUES "
 	for len(rows) > 0 {
@@ -157,10 +157,10 @@ func insertRows(ctx context.Context, q querier, table string, cols []string, row
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			b.WriteString("(" + placeholders(len(args)+1, len(cols)) + ")")
+			b.WriteString("(" + placeholders(t.d, len(args)+1, len(cols)) + ")")
 			args = append(args, row...)
 		}
-		if _, err := q.ExecContext(ctx, b.String(), args...); err != nil {
+		if _, err := t.tx.ExecContext(ctx, b.String(), args...); err != nil {
 			return err
 		}
 		rows = rows[n:]
@@ -172,7 +172,7 @@ func insertRows(ctx context.Context, q querier, table string, cols []string, row
 // args), once per chunk of keys.
 func (t *txn) execIn(ctx context.Context, query string, args []any, keys []string) error {
 	return chunks(keys, func(part []string) error {
-		q := fmt.Sprintf(query, placeholders(len(args)+1, len(part)))
+		q := fmt.Sprintf(query, placeholders(t.d, len(args)+1, len(part)))
 		_, err := t.tx.ExecContext(ctx, q, append(append([]any{}, args...), anys(part)...)...)
 		return err
 	})
@@ -353,7 +353,7 @@ func (t *txn) replaceAddresses(ctx context.Context, kind, id string, prev, next 
 	for i, a := range added {
 		rows[i] = []any{a, kind, id}
 	}
-	if err := insertRows(ctx, t.tx, "addresses", []string{"address", "owner_kind", "owner_id"}, rows); err != nil {
+	if err := t.insertRows(ctx, "addresses", []string{"address", "owner_kind", "owner_id"}, rows); err != nil {
 		return fmt.Errorf("users store: add addresses: %w", err)
 	}
 	return nil
@@ -427,7 +427,7 @@ func touch[T any](ctx context.Context, t *txn, kind, table, order string, ids []
 	}
 	var objs []T
 	err := chunks(slices.Sorted(slices.Values(ids)), func(part []string) error {
-		q := fmt.Sprintf(`SELECT data FROM %s WHERE id IN (%s) ORDER BY %s, id`, table, placeholders(1, len(part)), order)
+		q := fmt.Sprintf(`SELECT data FROM %s WHERE id IN (%s) ORDER BY %s, id`, table, placeholders(t.d, 1, len(part)), order)
 		got, err := allData[T](ctx, &t.reader, kind, q, anys(part)...)
 		objs = append(objs, got...)
 		return err
@@ -773,10 +773,10 @@ func (t *txn) CreateUsers(ctx context.Context, us []*directory.User) (err error)
 			joins[groupIDs[g]] = append(joins[groupIDs[g]], u.ID)
 		}
 	}
-	if err := insertRows(ctx, t.tx, "users", []string{"id", "username", "site", "enabled", "search", "version", "data"}, userRows); err != nil {
+	if err := t.insertRows(ctx, "users", []string{"id", "username", "site", "enabled", "search", "version", "data"}, userRows); err != nil {
 		return fmt.Errorf("users store: create users: %w", err)
 	}
-	if err := insertRows(ctx, t.tx, "addresses", []string{"address", "owner_kind", "owner_id"}, addrRows); err != nil {
+	if err := t.insertRows(ctx, "addresses", []string{"address", "owner_kind", "owner_id"}, addrRows); err != nil {
 		return fmt.Errorf("users store: create users' addresses: %w", err)
 	}
 	if err := t.joinGroups(ctx, joins); err != nil {
@@ -803,7 +803,7 @@ func (t *txn) joinGroups(ctx context.Context, joins map[string][]string) error {
 			next++
 		}
 	}
-	if err := insertRows(ctx, t.tx, "group_members", []string{"group_id", "position", "user_id"}, rows); err != nil {
+	if err := t.insertRows(ctx, "group_members", []string{"group_id", "position", "user_id"}, rows); err != nil {
 		return fmt.Errorf("users store: add group members: %w", err)
 	}
 	return nil
@@ -1073,7 +1073,7 @@ func (t *txn) setMembers(ctx context.Context, g *directory.Group) error {
 			rows[i] = []any{g.ID, i, nil, m.ID}
 		}
 	}
-	if err := insertRows(ctx, t.tx, "group_members", []string{"group_id", "position", "user_id", "member_group_id"}, rows); err != nil {
+	if err := t.insertRows(ctx, "group_members", []string{"group_id", "position", "user_id", "member_group_id"}, rows); err != nil {
 		return fmt.Errorf("users store: add group members: %w", err)
 	}
 	return nil
@@ -1372,7 +1372,7 @@ func (t *txn) setStaff(ctx context.Context, m *directory.SharedMailbox) error {
 	for i, uid := range m.Staff {
 		rows[i] = []any{m.ID, i, uid}
 	}
-	if err := insertRows(ctx, t.tx, "shared_mailbox_staff", []string{"mailbox_id", "position", "user_id"}, rows); err != nil {
+	if err := t.insertRows(ctx, "shared_mailbox_staff", []string{"mailbox_id", "position", "user_id"}, rows); err != nil {
 		return fmt.Errorf("users store: add staff: %w", err)
 	}
 	return nil

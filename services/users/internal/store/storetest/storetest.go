@@ -186,8 +186,12 @@ func createGroup(t testing.TB, s store.Store, g *directory.Group) directory.Grou
 	return *g
 }
 
-func userMember(id string) directory.Member  { return directory.Member{Type: directory.MemberUser, ID: id} }
-func groupMember(id string) directory.Member { return directory.Member{Type: directory.MemberGroup, ID: id} }
+func userMember(id string) directory.Member {
+	return directory.Member{Type: directory.MemberUser, ID: id}
+}
+func groupMember(id string) directory.Member {
+	return directory.Member{Type: directory.MemberGroup, ID: id}
+}
 
 func allChanges(t testing.TB, s store.Store) []directory.Change {
 	t.Helper()
@@ -226,7 +230,9 @@ func testSites(t *testing.T, s store.Store) {
 		t.Fatalf("stale error %+v", e)
 	}
 	wantIs(t, write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.DeleteSite(ctx, "ams", 1) }), store.ErrStale)
-	wantIs(t, write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.UpdateSite(ctx, newSite("zzz"), store.AnyVersion) }), store.ErrNotFound)
+	wantIs(t, write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.UpdateSite(ctx, newSite("zzz"), store.AnyVersion)
+	}), store.ErrNotFound)
 
 	createSite(t, s, "cdg")
 	createSite(t, s, "ber")
@@ -428,11 +434,15 @@ func testPOP3Accounts(t *testing.T, s store.Store) {
 		t.Fatal("password_enc not stored")
 	}
 
-	err := write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreatePOP3Account(ctx, newPOP3("isp-sales", "ams", "")) })
+	err := write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreatePOP3Account(ctx, newPOP3("isp-sales", "ams", ""))
+	})
 	if c := wantErr[*store.ConflictError](t, err); c.Field != "name" || c.OwnerID != a.ID {
 		t.Fatalf("conflict %+v", c)
 	}
-	err = write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreatePOP3Account(ctx, newPOP3("x", "nowhere", "")) })
+	err = write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreatePOP3Account(ctx, newPOP3("x", "nowhere", ""))
+	})
 	if r := wantErr[*store.ReferenceError](t, err); r.Field != "site" {
 		t.Fatalf("reference error %+v", r)
 	}
@@ -529,7 +539,9 @@ func testTemplates(t *testing.T, s store.Store) {
 	sameJSON(t, got, tp)
 	sameJSON(t, must1[directory.Template](t)(s.GetTemplateByName(ctx, "office")), tp)
 
-	err := write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreateTemplate(ctx, &directory.Template{Name: "office"}) })
+	err := write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreateTemplate(ctx, &directory.Template{Name: "office"})
+	})
 	if c := wantErr[*store.ConflictError](t, err); c.Field != "name" {
 		t.Fatalf("conflict %+v", c)
 	}
@@ -537,7 +549,9 @@ func testTemplates(t *testing.T, s store.Store) {
 		return tx.CreateTemplate(ctx, &directory.Template{Name: "remote", Site: "nowhere"})
 	})
 	wantIs(t, err, store.ErrReference)
-	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreateTemplate(ctx, &directory.Template{Name: "bare"}) })
+	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreateTemplate(ctx, &directory.Template{Name: "bare"})
+	})
 
 	u := got
 	u.QuotaBytes = 0
@@ -663,7 +677,9 @@ func testUniqueness(t *testing.T, s store.Store) {
 			conflict{"aliases", "john@example.org", directory.KindUser, john.ID, "john"}},
 		{"alias taken by a group", func(ctx context.Context, tx store.Tx) error { return tx.CreateUser(ctx, withAlias("team@example.org")) },
 			conflict{"aliases", "team@example.org", directory.KindGroup, team.ID, "team"}},
-		{"alias taken by a shared mailbox", func(ctx context.Context, tx store.Tx) error { return tx.CreateUser(ctx, withAlias("sales@example.org")) },
+		{"alias taken by a shared mailbox", func(ctx context.Context, tx store.Tx) error {
+			return tx.CreateUser(ctx, withAlias("sales@example.org"))
+		},
 			conflict{"aliases", "sales@example.org", directory.KindSharedMailbox, sales.ID, "sales@example.org"}},
 		{"alias repeats the primary", func(ctx context.Context, tx store.Tx) error { return tx.CreateUser(ctx, withAlias("ann@example.org")) },
 			conflict{"aliases", "ann@example.org", directory.KindUser, "", "ann"}},
@@ -675,7 +691,9 @@ func testUniqueness(t *testing.T, s store.Store) {
 		{"group address taken by a user", func(ctx context.Context, tx store.Tx) error {
 			return tx.CreateGroup(ctx, &directory.Group{Name: "g2", Address: "john@example.org"})
 		}, conflict{"address", "john@example.org", directory.KindUser, john.ID, "john"}},
-		{"group name taken", func(ctx context.Context, tx store.Tx) error { return tx.CreateGroup(ctx, &directory.Group{Name: "team"}) },
+		{"group name taken", func(ctx context.Context, tx store.Tx) error {
+			return tx.CreateGroup(ctx, &directory.Group{Name: "team"})
+		},
 			conflict{"name", "team", directory.KindGroup, team.ID, "team"}},
 		{"shared mailbox address taken by a group", func(ctx context.Context, tx store.Tx) error {
 			return tx.CreateSharedMailbox(ctx, &directory.SharedMailbox{Address: "team@example.org", Manager: john.ID})
@@ -698,13 +716,19 @@ func testUniqueness(t *testing.T, s store.Store) {
 			t.Errorf("%s: got %+v, want %+v", c.name, got, c.want)
 		}
 	}
-	err := write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreateUser(ctx, withAlias("sales@example.org")) })
+	err := write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreateUser(ctx, withAlias("sales@example.org"))
+	})
 	if msg := err.Error(); !strings.Contains(msg, "sales@example.org") || !strings.Contains(msg, "shared mailbox") {
 		t.Errorf("message %q should name the address and the shared mailbox", msg)
 	}
 	// Names of the other kinds.
-	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreatePOP3Account(ctx, newPOP3("isp", "ams", john.ID)) })
-	wantIs(t, write(t, s, func(ctx context.Context, tx store.Tx) error { return tx.CreatePOP3Account(ctx, newPOP3("isp", "ams", john.ID)) }), store.ErrConflict)
+	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreatePOP3Account(ctx, newPOP3("isp", "ams", john.ID))
+	})
+	wantIs(t, write(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.CreatePOP3Account(ctx, newPOP3("isp", "ams", john.ID))
+	}), store.ErrConflict)
 	// Nothing was written by the refused writes.
 	if _, err := s.GetUserByUsername(ctx, "ann"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ann exists after refused writes: %v", err)
@@ -723,7 +747,7 @@ func testUniquenessBatch(t *testing.T, s store.Store) {
 	// Every problem of a batch is reported, with its index; nothing is written.
 	batch := []*directory.User{
 		newUser("ann", "ams"),
-		newUser("bob", "ams", "ann@example.org"),  // another user of the batch has it
+		newUser("bob", "ams", "ann@example.org"),   // another user of the batch has it
 		newUser("carl", "ams", "john@example.org"), // a stored user has it
 		newUser("dora", "nowhere"),
 	}

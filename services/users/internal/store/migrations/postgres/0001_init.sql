@@ -33,6 +33,10 @@ CREATE TABLE users (
 );
 CREATE INDEX users_order ON users (username, id);
 CREATE INDEX users_site ON users (site, username, id);
+-- The enabled filter, alone and with a site: the count and the page of a
+-- filtered list both read one range of an index.
+CREATE INDEX users_enabled ON users (enabled, username, id);
+CREATE INDEX users_site_enabled ON users (site, enabled, username, id);
 
 CREATE TABLE mail_groups (
 	id      text COLLATE "C" PRIMARY KEY,
