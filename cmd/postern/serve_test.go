@@ -54,6 +54,7 @@ type server struct {
 	errOut *syncBuffer
 	done   chan error
 	addrs  map[string]string // "users" → "127.0.0.1:port", "broker" → ...
+	token  string            // the admin token printed at the very first start
 }
 
 type syncBuffer struct {
@@ -77,13 +78,17 @@ func (s *syncBuffer) String() string {
 var testEnv = []string{
 	"POSTERN_BROKER_LISTEN=127.0.0.1:0",
 	"POSTERN_USERS_HTTP_LISTEN=127.0.0.1:0",
+	"POSTERN_USERS_API_LISTEN=127.0.0.1:0",
 	"POSTERN_FETCHER_HTTP_LISTEN=127.0.0.1:0",
 	"POSTERN_ROUTER_HTTP_LISTEN=127.0.0.1:0",
 	"POSTERN_RELAY_HTTP_LISTEN=127.0.0.1:0",
 	"POSTERN_LOG_FORMAT=json",
 }
 
-var listenLine = regexp.MustCompile(`(?m)^(\w+)\s+(?:http://)?(127\.0\.0\.1:\d+)`)
+var (
+	listenLine = regexp.MustCompile(`(?m)^(\w+)\s+(?:http://)?(127\.0\.0\.1:\d+)`)
+	tokenLine  = regexp.MustCompile(`^\s+(pst_\S+)$`)
+)
 
 func startServe(t *testing.T, dir string, extraEnv ...string) *server {
 	t.Helper()
@@ -105,11 +110,14 @@ func startServe(t *testing.T, dir string, extraEnv ...string) *server {
 		}
 	})
 
-	want := map[string]bool{"broker": true, "users": true, "fetcher": true, "router": true, "relay": true}
+	want := map[string]bool{"broker": true, "api": true, "users": true, "fetcher": true, "router": true, "relay": true}
 	found := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
+			if m := tokenLine.FindStringSubmatch(sc.Text()); m != nil {
+				s.token = m[1]
+			}
 			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil && want[m[1]] {
 				s.addrs[m[1]] = m[2]
 				if len(s.addrs) == len(want) {
@@ -146,9 +154,17 @@ func (s *server) stop(t *testing.T, sig syscall.Signal) error {
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
+	return getWithToken(t, url, "")
+}
+
+func getWithToken(t *testing.T, url, token string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
@@ -195,6 +211,21 @@ func TestServeStartsAnswersStopsAndKeepsBrokerData(t *testing.T) {
 		}
 	}
 
+	// The users API: closed without a token, open with the admin token
+	// printed at the first start.
+	if code, _ := get(t, "http://"+s.addrs["api"]+"/v1/sites"); code != http.StatusUnauthorized {
+		t.Errorf("GET /v1/sites without a token = %d, want 401", code)
+	}
+	if s.token == "" {
+		t.Fatalf("no admin token printed at the first start:\n%s", s.out)
+	}
+	if code, body := getWithToken(t, "http://"+s.addrs["api"]+"/v1/sites", s.token); code != http.StatusOK || !strings.Contains(body, `"items"`) {
+		t.Errorf("GET /v1/sites with the bootstrap token = %d %s", code, body)
+	}
+	if strings.Contains(s.errOut.String(), s.token) {
+		t.Error("the admin token appears in the log")
+	}
+
 	// Write a record through the embedded broker, as any Kafka client would.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -214,8 +245,15 @@ func TestServeStartsAnswersStopsAndKeepsBrokerData(t *testing.T) {
 		t.Errorf("site state not under ./var: %v", err)
 	}
 
-	// A second start finds the broker data again.
+	// A second start finds the broker data and the directory again: no
+	// new token is printed, the first one still works.
 	s2 := startServe(t, dir)
+	if s2.token != "" {
+		t.Error("a second start printed another admin token")
+	}
+	if code, _ := getWithToken(t, "http://"+s2.addrs["api"]+"/v1/sites", s.token); code != http.StatusOK {
+		t.Errorf("the first start's token after a restart: %d", code)
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{s2.addrs["broker"]}, Topic: "mail.deadletter", Partition: 0, MaxWait: 100 * time.Millisecond})
 	defer r.Close()
 	found := false

@@ -71,11 +71,6 @@ func (p Program) Run(ctx context.Context, args []string, stdout, stderr io.Write
 		rt.Logger.Info("stopped")
 	}()
 
-	units, err := p.Units(rt)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
-		return 1
-	}
 	fmt.Fprintf(stdout, "Postern %s %s — site %q\n", p.Name, p.Version, common.Site)
 	if rt.Broker != nil {
 		fmt.Fprintf(stdout, "%-8s %s  (embedded Kafka-protocol broker, data in %s)\n", "broker", rt.Broker.Addrs()[0], common.Broker.DataDir)
@@ -84,6 +79,11 @@ func (p Program) Run(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	if rt.State != nil {
 		fmt.Fprintf(stdout, "%-8s %s\n", "state", describeState(common))
+	}
+	units, err := p.Units(rt)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", p.Name, err)
+		return 1
 	}
 	if err := Run(sigCtx, rt, stdout, units...); err != nil {
 		rt.Logger.Error("stopped on error", "error", err)

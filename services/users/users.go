@@ -178,7 +178,7 @@ func New(cfg Config, rt *app.Runtime) (_ *Service, err error) {
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 	}
-	fmt.Fprintf(rt.Out, "%-8s http://%s/v1  (REST API, OpenAPI document in api/openapi/users.yaml)\n", "users", ln.Addr())
+	fmt.Fprintf(rt.Out, "%-8s http://%s/v1  (users REST API; OpenAPI document: api/openapi/users.yaml)\n", "api", ln.Addr())
 	return s, nil
 }
 

@@ -115,6 +115,13 @@ func (h *Handlers) ImportUsers(ctx context.Context, req usersapi.ImportUsersRequ
 	if p.Role == directory.RoleSiteAdmin {
 		defaults.Site = p.Site // a site_admin imports into its own site
 	}
+	if defaults.Site == "" {
+		// A directory with one site (a single office): the seed's
+		// three-column file imports into it without naming it.
+		if defaults.Site, err = h.onlySite(ctx); err != nil {
+			return nil, err
+		}
+	}
 	dryRun := deref(req.Params.DryRun)
 
 	rows, parseErrs := csvio.Parse(bytes.NewReader(body))

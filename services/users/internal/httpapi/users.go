@@ -124,6 +124,11 @@ func (h *Handlers) CreateUser(ctx context.Context, req usersapi.CreateUserReques
 	if u.Site == "" && p.Role == directory.RoleSiteAdmin {
 		u.Site = p.Site
 	}
+	if u.Site == "" {
+		if u.Site, err = h.onlySite(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if u.Site != "" {
 		if err := writeUser(p, u.Site, "site "+u.Site); err != nil {
 			return nil, err
@@ -337,4 +342,18 @@ func (h *Handlers) SetUserPassword(ctx context.Context, req usersapi.SetUserPass
 		return nil, problemFor(err, nil)
 	}
 	return usersapi.SetUserPassword204Response{}, nil
+}
+
+// onlySite is the name of the directory's only site, or "" when it has
+// none or several: a user created without a site goes to a single office's
+// one site rather than being refused.
+func (h *Handlers) onlySite(ctx context.Context) (string, error) {
+	sites, _, total, err := h.store.ListSites(ctx, store.Page{Limit: 2})
+	if err != nil {
+		return "", err
+	}
+	if total == 1 && len(sites) == 1 {
+		return sites[0].Name, nil
+	}
+	return "", nil
 }
