@@ -2,7 +2,11 @@ module github.com/postern/postern/services/router
 
 go 1.26.0
 
-require github.com/postern/postern/internal v0.0.0
+require (
+	github.com/emersion/go-message v0.18.2
+	github.com/postern/postern/api v0.0.0
+	github.com/postern/postern/internal v0.0.0
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -19,7 +23,6 @@ require (
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
-	github.com/postern/postern/api v0.0.0 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
