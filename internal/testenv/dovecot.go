@@ -109,6 +109,7 @@ type DovecotServer struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	stopOnce sync.Once
+	stopNote string // set when the group needed SIGKILL (not an error)
 	stopErr  error
 }
 
@@ -202,6 +203,9 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *DovecotServer {
 	t.Cleanup(func() {
 		if err := d.Stop(); err != nil {
 			t.Errorf("testenv: stopping dovecot: %v", err)
+		}
+		if d.stopNote != "" {
+			t.Logf("testenv: %s", d.stopNote)
 		}
 	})
 	const attempts = 3
@@ -395,7 +399,10 @@ func (d *DovecotServer) Stop() error {
 		if waitGone(5 * time.Second) {
 			return
 		}
-		d.stopErr = fmt.Errorf("dovecot (process group %d) did not stop within 5s of SIGTERM; sent SIGKILL", pid)
+		// Seen now and then: the master waits for its anvil process,
+		// which hangs on a socket read. The instance is private to the
+		// test, so killing it loses nothing; the test is told, not failed.
+		d.stopNote = fmt.Sprintf("dovecot (process group %d) did not stop within 5s of SIGTERM; sent SIGKILL", pid)
 		signalGroup(pid, true)
 		if !waitGone(5 * time.Second) {
 			d.stopErr = fmt.Errorf("dovecot (process group %d) survived SIGKILL for 5s", pid)
