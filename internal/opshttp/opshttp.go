@@ -193,6 +193,7 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("opshttp: listen %s: %w", s.listen, err)
 	}
+	ln = &onceCloseListener{Listener: ln}
 	s.ln, s.started = ln, true
 	s.log.Info("ops server listening", "addr", ln.Addr().String())
 	go func() {
@@ -233,11 +234,15 @@ func (s *Server) SetDraining() {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.SetDraining()
 	s.mu.Lock()
-	started := s.started
+	started, ln := s.started, s.ln
 	s.mu.Unlock()
 	if !started {
 		return nil
 	}
+	// Close the listener here too: when Shutdown comes before the serving
+	// goroutine reached Serve, http.Server does not know the listener yet
+	// and new connections would still be accepted until it does.
+	_ = ln.Close()
 	if err := s.http.Shutdown(ctx); err != nil {
 		return fmt.Errorf("opshttp: shutdown: %w", err)
 	}
@@ -368,4 +373,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(data, '\n'))
+}
+
+// onceCloseListener closes its listener once; later Close calls return nil,
+// so that Shutdown and http.Server may both close it.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }
