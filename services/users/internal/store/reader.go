@@ -377,10 +377,6 @@ func (r *reader) GetToken(ctx context.Context, id string) (directory.Token, erro
 	return r.getToken(ctx, id, `SELECT data, secret_hash, last_used_us FROM tokens WHERE id = $1`, id)
 }
 
-func (r *reader) GetTokenBySecretHash(ctx context.Context, hash string) (directory.Token, error) {
-	return r.getToken(ctx, "(by secret)", `SELECT data, secret_hash, last_used_us FROM tokens WHERE secret_hash = $1`, hash)
-}
-
 func (r *reader) LookupAddress(ctx context.Context, address string) (Owner, error) {
 	var o Owner
 	err := r.q.QueryRowContext(ctx, `SELECT owner_kind, owner_id FROM addresses WHERE address = $1`, address).Scan(&o.Kind, &o.ID)

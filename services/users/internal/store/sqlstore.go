@@ -234,10 +234,6 @@ func (s *sqlStore) GetToken(ctx context.Context, id string) (directory.Token, er
 	return read1(ctx, s, func(r *reader) (directory.Token, error) { return r.GetToken(ctx, id) })
 }
 
-func (s *sqlStore) GetTokenBySecretHash(ctx context.Context, hash string) (directory.Token, error) {
-	return read1(ctx, s, func(r *reader) (directory.Token, error) { return r.GetTokenBySecretHash(ctx, hash) })
-}
-
 func (s *sqlStore) ListTokens(ctx context.Context, f TokenFilter) ([]directory.Token, string, int, error) {
 	return readList(ctx, s, func(r *reader) ([]directory.Token, string, int, error) { return r.ListTokens(ctx, f) })
 }

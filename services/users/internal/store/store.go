@@ -126,9 +126,6 @@ type Reader interface {
 	ListTemplates(ctx context.Context, page Page) ([]directory.Template, string, int, error)
 
 	GetToken(ctx context.Context, id string) (directory.Token, error)
-	// GetTokenBySecretHash finds the token whose secret hashes to hash; it
-	// returns expired tokens too (the caller checks ExpiresAt).
-	GetTokenBySecretHash(ctx context.Context, hash string) (directory.Token, error)
 	ListTokens(ctx context.Context, f TokenFilter) ([]directory.Token, string, int, error)
 
 	// LookupAddress says who owns a (lower-case) address.
