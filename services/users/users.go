@@ -93,14 +93,16 @@ func (c Config) Validate() error {
 			errs = append(errs, config.Errorf("bootstrap_token", "must be pst_bootstrap_ followed by 43 base64url characters (e.g. from: head -c32 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-43)"))
 		}
 	}
-	switch {
-	case c.Sync.MaxWait <= 0 || c.Sync.MaxWait > 120*time.Second:
+	if c.Sync.MaxWait <= 0 || c.Sync.MaxWait > 120*time.Second {
 		errs = append(errs, config.Errorf("sync.max_wait", "must be between 1s and 120s"))
-	case c.Sync.Retain < time.Hour:
+	}
+	if c.Sync.Retain < time.Hour {
 		errs = append(errs, config.Errorf("sync.retain", "must be at least 1h"))
-	case c.Sync.Compact <= 0:
+	}
+	if c.Sync.Compact <= 0 {
 		errs = append(errs, config.Errorf("sync.compact_every", "must be positive"))
-	case c.Sync.Outbox <= 0:
+	}
+	if c.Sync.Outbox <= 0 {
 		errs = append(errs, config.Errorf("sync.outbox_poll", "must be positive"))
 	}
 	return config.Join(errs...)
