@@ -28,6 +28,7 @@ const InboundVersion = 1
 const (
 	SourcePOP3 = "pop3" // downloaded from an ISP POP3 mailbox by the fetcher
 	SourceSMTP = "smtp" // received by the relay over SMTP (submission, inbound or another site)
+	SourceDSN  = "dsn"  // a delivery status notification (bounce) Postern wrote itself, with the null sender
 )
 
 // Source identifies where a message entered Postern, so that outcomes can be
@@ -81,8 +82,12 @@ func (m Inbound) Validate() error {
 			return malformed("mail.inbound %s: pop3 source needs account and uidl", m.ID)
 		}
 	case SourceSMTP:
+	case SourceDSN:
+		if m.MailFrom != "" {
+			return malformed("mail.inbound %s: a %s record must have the null sender", m.ID, SourceDSN)
+		}
 	default:
-		return malformed("mail.inbound %s: source %q is neither %q nor %q", m.ID, m.Source.Kind, SourcePOP3, SourceSMTP)
+		return malformed("mail.inbound %s: source %q is not %q, %q or %q", m.ID, m.Source.Kind, SourcePOP3, SourceSMTP, SourceDSN)
 	}
 	return nil
 }
