@@ -41,6 +41,22 @@ type Subscription struct {
 	// Name names the handler in dead-letter headers, logs and metrics.
 	Name    string
 	Handler Handler
+	// AfterPublish, when set, runs once the handler's messages for rec
+	// (published, as the handler returned them; none is fine) were
+	// acknowledged by the broker, and before rec's offset is committed:
+	// the place to record "this record's outputs are out" (idempotency
+	// keys, an index) without ever recording it for outputs that were
+	// not published. It is not called for a record that is dead-lettered.
+	//
+	// An error is retried like a temporary handler error, with the same
+	// backoff and attempts, but only AfterPublish runs again (the handler
+	// is not called and nothing is published again). A permanent error
+	// or exhausted attempts dead-letter rec, with a reason saying that
+	// its outputs were published. A process that dies after the publish
+	// and before AfterPublish returned has not committed rec: it is
+	// delivered again and the handler runs again, so AfterPublish must
+	// not be the only guard against doubles. Optional.
+	AfterPublish func(ctx context.Context, rec Record, published []Message) error
 }
 
 // testHookBeforeCommit, set only by tests, runs after a record's outputs
@@ -62,7 +78,8 @@ const reasonLimit = 4 << 10
 // For each record, in order: the handler runs with a context continuing
 // the record's trace; a temporary error is retried with capped exponential
 // backoff (Config.Retry); on success the handler's messages are published
-// (acks=all, retried like a temporary error); a permanent error, a panic,
+// (acks=all, retried like a temporary error) and then s.AfterPublish, if
+// set, runs (retried the same way); a permanent error, a panic,
 // or exhausted retries send the original record, with the dead-letter
 // headers added, to the dead-letter topic (acks=all). Only then is the
 // record's offset committed. If ctx is cancelled before that, nothing is
@@ -248,14 +265,14 @@ func (c *consumer) process(ctx context.Context, rec Record, logger *slog.Logger)
 	}
 
 	if len(outs) == 0 {
-		return outcomeOK, nil
+		return c.afterPublish(ctx, rec, outs, logger)
 	}
 	// The handler is done; publish its outputs (the same ones: the
 	// handler is not run again) until they are acknowledged.
 	for attempt := 1; ; attempt++ {
 		err := c.bus.Publish(ctx, outs...)
 		if err == nil {
-			return outcomeOK, nil
+			return c.afterPublish(ctx, rec, outs, logger)
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
@@ -269,6 +286,44 @@ func (c *consumer) process(ctx context.Context, rec Record, logger *slog.Logger)
 			return "", ctx.Err()
 		}
 	}
+}
+
+// afterPublish runs the subscription's AfterPublish, if any, with
+// retries; outs are acknowledged already.
+func (c *consumer) afterPublish(ctx context.Context, rec Record, outs []Message, logger *slog.Logger) (string, error) {
+	if c.sub.AfterPublish == nil {
+		return outcomeOK, nil
+	}
+	retry := c.bus.cfg.Retry
+	span := trace.SpanFromContext(ctx)
+	for attempt := 1; ; attempt++ {
+		err := c.callAfterPublish(ctx, rec, outs)
+		if err == nil {
+			return outcomeOK, nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		err = fmt.Errorf("after publishing the handler's %d messages (they are published): %w", len(outs), err)
+		if IsPermanent(err) || attempt >= retry.Attempts {
+			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
+		}
+		c.retrying(ctx, logger, span, "after-publish step failed; retrying", err, attempt)
+		if !sleep(ctx, retry.Backoff(attempt)) {
+			return "", ctx.Err()
+		}
+	}
+}
+
+// callAfterPublish runs AfterPublish, turning a panic into a permanent
+// error.
+func (c *consumer) callAfterPublish(ctx context.Context, rec Record, outs []Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = Permanent(&panicError{value: p, stack: debug.Stack()})
+		}
+	}()
+	return c.sub.AfterPublish(ctx, rec, outs)
 }
 
 func (c *consumer) retrying(ctx context.Context, logger *slog.Logger, span trace.Span, msg string, err error, attempt int) {

@@ -2,21 +2,10 @@ package routing
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/postern/postern/internal/replica"
 	"github.com/postern/postern/internal/sitestate"
-)
-
-// Kinds of directory replica entries the router reads. They are the kinds of
-// the users service's sync feed.
-const (
-	KindSite          = "site"
-	KindUser          = "user"
-	KindGroup         = "group"
-	KindSharedMailbox = "shared_mailbox"
 )
 
 // Directory is the part of the site's directory replica the router reads
@@ -37,111 +26,32 @@ type MessageIndex interface {
 	Lookup(ctx context.Context, messageID string) (sitestate.MessageRecord, error)
 }
 
-// The read-side shapes of the sync feed's entries (the JSON of
-// services/users/internal/directory, which this module cannot import). Only
-// the fields the router uses are declared.
-
-// Site is a location with its own gateway.
-type Site struct {
-	Name         string   `json:"name"`
-	Domains      []string `json:"domains"`
-	SMTPEndpoint string   `json:"smtp_endpoint"`
-}
-
-// Permissions of a user towards the Internet.
-type Permissions struct {
-	InternetReceive bool `json:"internet_receive"`
-	InternetSend    bool `json:"internet_send"`
-}
-
-// User is one person or device with one primary mailbox.
-type User struct {
-	ID             string      `json:"id"`
-	Username       string      `json:"username"`
-	DisplayName    string      `json:"display_name"`
-	PrimaryAddress string      `json:"primary_address"`
-	Aliases        []string    `json:"aliases"`
-	Site           string      `json:"site"`
-	Groups         []string    `json:"groups"`
-	Enabled        bool        `json:"enabled"`
-	Permissions    Permissions `json:"permissions"`
-}
-
-// Member types of a group.
-const (
-	MemberUser  = "user"
-	MemberGroup = "group"
-)
-
-// Member of a group: a user or another group.
-type Member struct {
-	Type string `json:"type"`
-	ID   string `json:"id"`
-}
-
-// Group is a mail group (distribution list).
-type Group struct {
-	ID      string   `json:"id"`
-	Name    string   `json:"name"`
-	Address string   `json:"address"`
-	Members []Member `json:"members"`
-}
-
-// SharedMailbox is a unified external address worked by staff (seed 004).
-type SharedMailbox struct {
-	ID                    string   `json:"id"`
-	Address               string   `json:"address"`
-	DisplayName           string   `json:"display_name"`
-	Manager               string   `json:"manager"`
-	Staff                 []string `json:"staff"`
-	ForwardToStaff        bool     `json:"forward_to_staff"`
-	RewriteSender         bool     `json:"rewrite_sender"`
-	CopyOutboundToManager bool     `json:"copy_outbound_to_manager"`
-}
-
-func (m *SharedMailbox) hasStaff(userID string) bool {
-	for _, s := range m.Staff {
-		if s == userID {
-			return true
-		}
-	}
-	return false
-}
-
-// decode unmarshals an entry's data; the entry's ID is authoritative.
-func decode[T any](e sitestate.Entry, v *T) error {
-	if len(e.Data) == 0 {
-		return fmt.Errorf("directory %s %s: no data", e.Kind, e.ID)
-	}
-	if err := json.Unmarshal(e.Data, v); err != nil {
-		return fmt.Errorf("directory %s %s: %w", e.Kind, e.ID, err)
-	}
-	return nil
-}
-
 // dirView is one Route call's view of the directory, with a cache so that
-// every entry is read and decoded at most once per message.
+// every entry is read and decoded at most once per message. The objects are
+// the read-side types of package replica (replica.User, replica.Group,
+// replica.SharedMailbox), decoded with replica.Decode.
 type dirView struct {
 	dir    Directory
-	users  map[string]*User // by id; nil value: not found
-	groups map[string]*Group
+	users  map[string]*replica.User // by id; nil value: not found
+	groups map[string]*replica.Group
 	org    map[string]bool // domain -> in the organisation
-	shared []*SharedMailbox
+	shared []*replica.SharedMailbox
 	listed bool
 }
 
 func newDirView(d Directory) *dirView {
-	return &dirView{dir: d, users: map[string]*User{}, groups: map[string]*Group{}, org: map[string]bool{}}
+	return &dirView{dir: d, users: map[string]*replica.User{}, groups: map[string]*replica.Group{}, org: map[string]bool{}}
 }
 
-func notFound(err error) bool { return errors.Is(err, sitestate.ErrNotFound) }
+// notFound reports whether err says an entry does not exist.
+func notFound(err error) bool { return replica.NotFound(err) }
 
 // user returns the user with id, nil if there is none.
-func (v *dirView) user(ctx context.Context, id string) (*User, error) {
+func (v *dirView) user(ctx context.Context, id string) (*replica.User, error) {
 	if u, ok := v.users[id]; ok {
 		return u, nil
 	}
-	e, err := v.dir.Get(ctx, KindUser, id)
+	e, err := v.dir.Get(ctx, replica.KindUser, id)
 	if notFound(err) {
 		v.users[id] = nil
 		return nil, nil
@@ -152,9 +62,9 @@ func (v *dirView) user(ctx context.Context, id string) (*User, error) {
 	return v.cacheUser(e)
 }
 
-func (v *dirView) cacheUser(e sitestate.Entry) (*User, error) {
-	u := new(User)
-	if err := decode(e, u); err != nil {
+func (v *dirView) cacheUser(e sitestate.Entry) (*replica.User, error) {
+	u := new(replica.User)
+	if err := replica.Decode(e, u); err != nil {
 		return nil, err
 	}
 	u.ID = e.ID
@@ -164,8 +74,8 @@ func (v *dirView) cacheUser(e sitestate.Entry) (*User, error) {
 
 // userByKey returns the user owning key (an address or a user name), nil if
 // none.
-func (v *dirView) userByKey(ctx context.Context, key string) (*User, error) {
-	e, err := v.dir.Lookup(ctx, KindUser, key)
+func (v *dirView) userByKey(ctx context.Context, key string) (*replica.User, error) {
+	e, err := v.dir.Lookup(ctx, replica.KindUser, key)
 	if notFound(err) {
 		return nil, nil
 	}
@@ -178,11 +88,11 @@ func (v *dirView) userByKey(ctx context.Context, key string) (*User, error) {
 	return v.cacheUser(e)
 }
 
-func (v *dirView) group(ctx context.Context, id string) (*Group, error) {
+func (v *dirView) group(ctx context.Context, id string) (*replica.Group, error) {
 	if g, ok := v.groups[id]; ok {
 		return g, nil
 	}
-	e, err := v.dir.Get(ctx, KindGroup, id)
+	e, err := v.dir.Get(ctx, replica.KindGroup, id)
 	if notFound(err) {
 		v.groups[id] = nil
 		return nil, nil
@@ -193,9 +103,9 @@ func (v *dirView) group(ctx context.Context, id string) (*Group, error) {
 	return v.cacheGroup(e)
 }
 
-func (v *dirView) cacheGroup(e sitestate.Entry) (*Group, error) {
-	g := new(Group)
-	if err := decode(e, g); err != nil {
+func (v *dirView) cacheGroup(e sitestate.Entry) (*replica.Group, error) {
+	g := new(replica.Group)
+	if err := replica.Decode(e, g); err != nil {
 		return nil, err
 	}
 	g.ID = e.ID
@@ -204,17 +114,17 @@ func (v *dirView) cacheGroup(e sitestate.Entry) (*Group, error) {
 }
 
 // sharedMailboxes returns every shared mailbox, ordered by ID.
-func (v *dirView) sharedMailboxes(ctx context.Context) ([]*SharedMailbox, error) {
+func (v *dirView) sharedMailboxes(ctx context.Context) ([]*replica.SharedMailbox, error) {
 	if v.listed {
 		return v.shared, nil
 	}
-	es, err := v.dir.List(ctx, KindSharedMailbox)
+	es, err := v.dir.List(ctx, replica.KindSharedMailbox)
 	if err != nil {
 		return nil, fmt.Errorf("list shared mailboxes: %w", err)
 	}
 	for _, e := range es {
-		m := new(SharedMailbox)
-		if err := decode(e, m); err != nil {
+		m := new(replica.SharedMailbox)
+		if err := replica.Decode(e, m); err != nil {
 			return nil, err
 		}
 		m.ID = e.ID
@@ -225,14 +135,14 @@ func (v *dirView) sharedMailboxes(ctx context.Context) ([]*SharedMailbox, error)
 }
 
 // staffOf returns the shared mailboxes userID works as staff, ordered by ID.
-func (v *dirView) staffOf(ctx context.Context, userID string) ([]*SharedMailbox, error) {
+func (v *dirView) staffOf(ctx context.Context, userID string) ([]*replica.SharedMailbox, error) {
 	all, err := v.sharedMailboxes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []*SharedMailbox
+	var out []*replica.SharedMailbox
 	for _, m := range all {
-		if m.hasStaff(userID) {
+		if m.HasStaff(userID) {
 			out = append(out, m)
 		}
 	}
@@ -248,7 +158,7 @@ func (v *dirView) inOrg(ctx context.Context, domain string) (bool, error) {
 	if in, ok := v.org[domain]; ok {
 		return in, nil
 	}
-	_, err := v.dir.Lookup(ctx, KindSite, domain)
+	_, err := v.dir.Lookup(ctx, replica.KindSite, domain)
 	switch {
 	case notFound(err):
 		v.org[domain] = false
@@ -262,9 +172,9 @@ func (v *dirView) inOrg(ctx context.Context, domain string) (bool, error) {
 
 // target is what an organisation address resolves to.
 type target struct {
-	user   *User
-	group  *Group
-	shared *SharedMailbox
+	user   *replica.User
+	group  *replica.Group
+	shared *replica.SharedMailbox
 }
 
 func (t target) found() bool { return t.user != nil || t.group != nil || t.shared != nil }
@@ -287,7 +197,7 @@ func (v *dirView) resolveExact(ctx context.Context, key string) (target, error) 
 	if err != nil || u != nil {
 		return target{user: u}, err
 	}
-	e, err := v.dir.Lookup(ctx, KindSharedMailbox, key)
+	e, err := v.dir.Lookup(ctx, replica.KindSharedMailbox, key)
 	switch {
 	case err == nil:
 		all, err := v.sharedMailboxes(ctx)
@@ -299,8 +209,8 @@ func (v *dirView) resolveExact(ctx context.Context, key string) (target, error) 
 				return target{shared: m}, nil
 			}
 		}
-		m := new(SharedMailbox)
-		if err := decode(e, m); err != nil {
+		m := new(replica.SharedMailbox)
+		if err := replica.Decode(e, m); err != nil {
 			return target{}, err
 		}
 		m.ID = e.ID
@@ -308,7 +218,7 @@ func (v *dirView) resolveExact(ctx context.Context, key string) (target, error) 
 	case !notFound(err):
 		return target{}, fmt.Errorf("lookup shared mailbox %q: %w", key, err)
 	}
-	e, err = v.dir.Lookup(ctx, KindGroup, key)
+	e, err = v.dir.Lookup(ctx, replica.KindGroup, key)
 	switch {
 	case err == nil:
 		if g, ok := v.groups[e.ID]; ok && g != nil {
@@ -320,12 +230,4 @@ func (v *dirView) resolveExact(ctx context.Context, key string) (target, error) 
 		return target{}, fmt.Errorf("lookup group %q: %w", key, err)
 	}
 	return target{}, nil
-}
-
-// displayName is the name a user is known by in mail headers.
-func (u *User) displayName() string {
-	if n := strings.TrimSpace(u.DisplayName); n != "" {
-		return n
-	}
-	return u.Username
 }

@@ -16,7 +16,10 @@
 // unauthenticated SMTP with an envelope sender in the organisation's domains
 // (mail relayed by another site) are inside. The relay must therefore refuse
 // unauthenticated MAIL FROM in the organisation's domains from anyone but
-// the other sites; the router trusts the envelope it is given.
+// the other sites; the router trusts the envelope it is given. A delivery
+// status notification Postern wrote itself (source dsn, always with the null
+// sender) is inside too, and may go to the Internet: that is how a bounce
+// reaches an outside sender.
 //
 // # Mail from another site
 //
@@ -47,6 +50,7 @@ import (
 	"github.com/emersion/go-message/mail"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/replica"
 	"github.com/postern/postern/internal/sitestate"
 )
 
@@ -219,7 +223,8 @@ func New(cfg Config, dir Directory, index MessageIndex) (*Router, error) {
 //  7. The same mailbox reached twice gets one delivery, with the first
 //     original recipient.
 //  8. Outbound recipients: refused without a bounce when the message is
-//     from outside (no open relay); refused with a bounce when the sender
+//     from outside (no open relay); allowed for a DSN (source dsn), which
+//     is how a bounce reaches an outside sender; refused with a bounce when the sender
 //     is not a known, enabled user with internet_send (for authenticated
 //     submission the user is AuthUser, otherwise the owner of MAIL FROM).
 //     Otherwise one outbound delivery for all of them. When the sender is
@@ -258,9 +263,10 @@ type route struct {
 	dec Decision
 
 	outside    bool
-	fromSite   bool  // relayed by another site: recipients are final mailboxes
-	authed     bool  // authenticated submission
-	sender     *User // the sending user, when known
+	system     bool          // a DSN Postern wrote: inside, and may go outbound
+	fromSite   bool          // relayed by another site: recipients are final mailboxes
+	authed     bool          // authenticated submission
+	sender     *replica.User // the sending user, when known
 	sentBy     string
 	done       map[string]bool // user ids with a delivery
 	outbound   []string
@@ -325,6 +331,8 @@ func (rt *route) classify() error {
 	switch {
 	case src.Kind == events.SourcePOP3:
 		rt.outside = true
+	case src.Kind == events.SourceDSN:
+		rt.system = true
 	case strings.HasPrefix(src.AuthUser, SiteAuthPrefix):
 		rt.fromSite = true
 		return rt.senderByMailFrom()
@@ -418,7 +426,7 @@ func (rt *route) recipient(rcpt string) error {
 }
 
 // deliver adds the delivery of a copy to u's mailbox, unless u has one.
-func (rt *route) deliver(u *User, rcpt string) {
+func (rt *route) deliver(u *replica.User, rcpt string) {
 	if rt.done[u.ID] {
 		return
 	}
@@ -451,7 +459,7 @@ func (rt *route) delivery() events.Delivery {
 }
 
 // toUser routes mail addressed to a user (rule 3, case 2).
-func (rt *route) toUser(u *User, rcpt string) error {
+func (rt *route) toUser(u *replica.User, rcpt string) error {
 	if !u.Enabled {
 		rt.reject(rcpt, "5.2.1", fmt.Sprintf("the mailbox %s is disabled", rcpt))
 		return nil
@@ -478,18 +486,18 @@ func (rt *route) toUser(u *User, rcpt string) error {
 
 // toGroup expands a group (rule 4). noChecks skips the permission check
 // (postmaster).
-func (rt *route) toGroup(g *Group, rcpt string, noChecks bool) error {
+func (rt *route) toGroup(g *replica.Group, rcpt string, noChecks bool) error {
 	visited := map[string]bool{}
 	delivered := 0
-	var walk func(g *Group) error
-	walk = func(g *Group) error {
+	var walk func(g *replica.Group) error
+	walk = func(g *replica.Group) error {
 		if visited[g.ID] {
 			return nil
 		}
 		visited[g.ID] = true
 		for _, m := range g.Members {
 			switch m.Type {
-			case MemberUser:
+			case replica.MemberUser:
 				u, err := rt.dir.user(rt.ctx, m.ID)
 				if err != nil {
 					return err
@@ -505,7 +513,7 @@ func (rt *route) toGroup(g *Group, rcpt string, noChecks bool) error {
 					rt.deliver(u, rcpt)
 					delivered++
 				}
-			case MemberGroup:
+			case replica.MemberGroup:
 				sub, err := rt.dir.group(rt.ctx, m.ID)
 				if err != nil {
 					return err
@@ -530,7 +538,7 @@ func (rt *route) toGroup(g *Group, rcpt string, noChecks bool) error {
 
 // manager adds the copy to m's manager; false when there is no enabled
 // manager to copy to.
-func (rt *route) manager(m *SharedMailbox, rcpt string) (bool, error) {
+func (rt *route) manager(m *replica.SharedMailbox, rcpt string) (bool, error) {
 	u, err := rt.dir.user(rt.ctx, m.Manager)
 	if err != nil {
 		return false, err
@@ -548,7 +556,7 @@ func (rt *route) manager(m *SharedMailbox, rcpt string) (bool, error) {
 }
 
 // toShared routes mail to a shared mailbox's unified address (cases 4, 1).
-func (rt *route) toShared(m *SharedMailbox, rcpt string) error {
+func (rt *route) toShared(m *replica.SharedMailbox, rcpt string) error {
 	staff, err := rt.replyTo(m)
 	if err != nil {
 		return err
@@ -588,7 +596,7 @@ func (rt *route) toShared(m *SharedMailbox, rcpt string) error {
 
 // replyTo finds the one staff member a reply to m is for (case 4), nil if
 // none.
-func (rt *route) replyTo(m *SharedMailbox) (*User, error) {
+func (rt *route) replyTo(m *replica.SharedMailbox) (*replica.User, error) {
 	for _, id := range rt.msg.referencedIDs() {
 		rec, err := rt.r.index.Lookup(rt.ctx, id)
 		if notFound(err) || errors.Is(err, sitestate.ErrInvalid) {
@@ -597,7 +605,7 @@ func (rt *route) replyTo(m *SharedMailbox) (*User, error) {
 		if err != nil {
 			return nil, fmt.Errorf("message-id index lookup: %w", err)
 		}
-		if rec.SharedMailboxID != m.ID || !m.hasStaff(rec.StaffUserID) {
+		if rec.SharedMailboxID != m.ID || !m.HasStaff(rec.StaffUserID) {
 			continue
 		}
 		u, err := rt.dir.user(rt.ctx, rec.StaffUserID)
@@ -634,13 +642,13 @@ func (rt *route) replyTo(m *SharedMailbox) (*User, error) {
 	if len(names) == 0 {
 		return nil, nil
 	}
-	var match *User
+	var match *replica.User
 	for _, id := range m.Staff {
 		u, err := rt.dir.user(rt.ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		if u == nil || !u.Enabled || !slices.Contains(names, normName(u.displayName())) {
+		if u == nil || !u.Enabled || !slices.Contains(names, normName(u.Name())) {
 			continue
 		}
 		if match != nil && match.ID != u.ID {
@@ -653,7 +661,7 @@ func (rt *route) replyTo(m *SharedMailbox) (*User, error) {
 
 // forged reports whether a message to m claims to come from inside while it
 // comes from outside (rule 5).
-func (rt *route) forged(m *SharedMailbox) (bool, error) {
+func (rt *route) forged(m *replica.SharedMailbox) (bool, error) {
 	if !rt.outside {
 		return false, nil
 	}
@@ -676,7 +684,7 @@ func (rt *route) forged(m *SharedMailbox) (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			if u != nil && normName(u.displayName()) == normName(f.Name) {
+			if u != nil && normName(u.Name()) == normName(f.Name) {
 				return true, nil
 			}
 		}
@@ -735,6 +743,8 @@ func (rt *route) routeOutbound() error {
 	case rt.outside || rt.fromSite:
 		refuse("5.7.1", "relaying denied: mail from outside the organisation is not forwarded to outside recipients", false)
 		return nil
+	case rt.system:
+		// A bounce to an outside sender: no user sends it.
 	case u == nil:
 		refuse("5.7.1", fmt.Sprintf("the sender %s is not a user of the organisation and may not send outside it", rt.sentBy), true)
 		return nil
@@ -759,7 +769,7 @@ func (rt *route) routeOutbound() error {
 	sum := sha256.Sum256([]byte(strings.Join(keys, "\n")))
 	d.ID = rt.in.ID + ":outbound:" + hex.EncodeToString(sum[:8])
 
-	if rt.authed {
+	if rt.authed && u != nil {
 		m, err := rt.senderMailbox(u)
 		if err != nil {
 			return err
@@ -777,7 +787,7 @@ func (rt *route) routeOutbound() error {
 
 // senderMailbox returns the shared mailbox u sends for (case 3), nil if u is
 // not staff or it cannot be told which of several.
-func (rt *route) senderMailbox(u *User) (*SharedMailbox, error) {
+func (rt *route) senderMailbox(u *replica.User) (*replica.SharedMailbox, error) {
 	mbs, err := rt.dir.staffOf(rt.ctx, u.ID)
 	if err != nil || len(mbs) == 0 {
 		return nil, err
@@ -806,14 +816,14 @@ func (rt *route) senderMailbox(u *User) (*SharedMailbox, error) {
 
 // staffOutbound applies case 3 to the outbound delivery d; false when the
 // outbound recipients were refused instead.
-func (rt *route) staffOutbound(m *SharedMailbox, u *User, d *events.Delivery) (bool, error) {
+func (rt *route) staffOutbound(m *replica.SharedMailbox, u *replica.User, d *events.Delivery) (bool, error) {
 	msgID := rt.msg.messageID()
 	if m.RewriteSender {
 		unified, err := ParseAddress(m.Address)
 		if err != nil {
 			return false, fmt.Errorf("shared mailbox %s: address %q: %w", m.ID, m.Address, err)
 		}
-		name := u.displayName()
+		name := u.Name()
 		if strings.TrimSpace(u.DisplayName) == "" {
 			for _, f := range rt.msg.addresses("From") {
 				if f.Name != "" {

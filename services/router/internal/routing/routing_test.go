@@ -97,6 +97,11 @@ func TestRoute(t *testing.T) {
 		{name: "no relay: pop3 to outside", in: inbound("pop3", "c@customer.net", plain, "x@customer.net"), rejects: []string{"x@customer.net 5.7.1 nobounce"}},
 		{name: "no relay: unauthenticated smtp to outside", in: inbound("smtp", "c@customer.net", plain, "x@customer.net", "bob@example.com"), want: []string{"local:u-bob"}, rejects: []string{"x@customer.net 5.7.1 nobounce"}},
 
+		// Bounces (DSNs Postern wrote, with the null sender).
+		{name: "bounce to an outside sender goes outbound", in: inbound("dsn", "", plain, "c@customer.net"), want: []string{"outbound::c@customer.net"}},
+		{name: "bounce to a user without internet_receive", in: inbound("dsn", "", plain, "erin@example.com"), want: []string{"local:u-erin"}},
+		{name: "bounce to an unknown address: refused, never bounced", in: inbound("dsn", "", plain, "nobody@example.com"), rejects: []string{"nobody@example.com 5.1.1 nobounce"}},
+
 		// Loops.
 		{name: "hops at the limit", in: inbound("smtp", "c@customer.net", withHeaders(received(30)...), "alice@example.com"), want: []string{"local:u-alice"}},
 		{name: "hops over the limit", in: inbound("smtp", "c@customer.net", withHeaders(received(31)...), "alice@example.com"), dead: "31 Received"},

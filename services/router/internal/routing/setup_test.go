@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/replica"
 	"github.com/postern/postern/internal/sitestate"
 )
 
@@ -47,7 +48,7 @@ func userEntry(id, username, display, primary, site string, enabled bool, p perm
 	for _, a := range aliases {
 		keys = append(keys, strings.ToLower(a))
 	}
-	return sitestate.Entry{Kind: KindUser, ID: id, Version: 1, Data: data, Keys: keys}
+	return sitestate.Entry{Kind: replica.KindUser, ID: id, Version: 1, Data: data, Keys: keys}
 }
 
 func groupEntry(id, name, address string, members ...string) sitestate.Entry {
@@ -57,7 +58,7 @@ func groupEntry(id, name, address string, members ...string) sitestate.Entry {
 		ms = append(ms, map[string]string{"type": typ, "id": mid})
 	}
 	data, _ := json.Marshal(map[string]any{"id": id, "name": name, "address": address, "members": ms})
-	return sitestate.Entry{Kind: KindGroup, ID: id, Version: 1, Data: data, Keys: []string{name, address}}
+	return sitestate.Entry{Kind: replica.KindGroup, ID: id, Version: 1, Data: data, Keys: []string{name, address}}
 }
 
 func sharedEntry(id, address, display, manager string, staff []string, forward, rewrite, copyOut bool) sitestate.Entry {
@@ -65,12 +66,12 @@ func sharedEntry(id, address, display, manager string, staff []string, forward, 
 		"id": id, "address": address, "display_name": display, "manager": manager, "staff": staff,
 		"forward_to_staff": forward, "rewrite_sender": rewrite, "copy_outbound_to_manager": copyOut,
 	})
-	return sitestate.Entry{Kind: KindSharedMailbox, ID: id, Version: 1, Data: data, Keys: []string{address}}
+	return sitestate.Entry{Kind: replica.KindSharedMailbox, ID: id, Version: 1, Data: data, Keys: []string{address}}
 }
 
 func siteEntry(name string, domains ...string) sitestate.Entry {
 	data, _ := json.Marshal(map[string]any{"id": name, "name": name, "domains": domains, "smtp_endpoint": name + ".internal:25"})
-	return sitestate.Entry{Kind: KindSite, ID: name, Version: 1, Data: data, Keys: domains}
+	return sitestate.Entry{Kind: replica.KindSite, ID: name, Version: 1, Data: data, Keys: domains}
 }
 
 var all = perms{true, true}
@@ -130,7 +131,8 @@ func msg(body string, header ...string) []byte {
 
 var plain = msg("hello\r\n", "From: Customer <c@customer.net>", "To: someone@example.com", "Subject: hi", "Message-ID: <m1@customer.net>")
 
-// inbound builds an inbound record. src is "pop3", "smtp" (unauthenticated),
+// inbound builds an inbound record. src is "pop3", "dsn" (a bounce Postern
+// wrote), "smtp" (unauthenticated),
 // "auth:<user id>" (submission) or "site:<name>" (another site).
 func inbound(src, from string, raw []byte, rcpts ...string) events.Inbound {
 	in := events.Inbound{
@@ -140,6 +142,8 @@ func inbound(src, from string, raw []byte, rcpts ...string) events.Inbound {
 	switch {
 	case src == "pop3":
 		in.Source = events.Source{Kind: events.SourcePOP3, POP3Account: "acc", POP3UIDL: "1"}
+	case src == "dsn":
+		in.Source = events.Source{Kind: events.SourceDSN}
 	case src == "smtp":
 		in.Source = events.Source{Kind: events.SourceSMTP, SMTPSession: "s"}
 	case strings.HasPrefix(src, "auth:"):
