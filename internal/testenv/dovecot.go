@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -71,6 +72,20 @@ type DovecotOptions struct {
 	// without a password, the userdb then accepts every user: LMTP
 	// delivers to any recipient.
 	PassdbCheckpassword string
+
+	// PasswdFile, if set, is the path of a passwd-file used as the passdb
+	// instead of the one generated from Users (whose passwords are then
+	// ignored; their Maildirs are still created). Lines are
+	// "user:{SCHEME}hash::::::[extra fields]", e.g. what Postern's relay
+	// writes from the directory replica (services/relay/internal/dovecotauth).
+	// Dovecot re-reads the file when its modification time or size changes
+	// (checked at most once a second). Ignored with PassdbCheckpassword.
+	PasswdFile string
+
+	// ExtraConfig is appended to the generated configuration as it is, e.g.
+	// "lmtp_hdr_delivery_address = none\n". Settings given here override
+	// the generated ones of the same name.
+	ExtraConfig string
 }
 
 // DovecotServer is a private Dovecot instance started by StartDovecot. All
@@ -150,7 +165,12 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *DovecotServer {
 	if d.MailDir, err = filepath.Abs(d.MailDir); err != nil {
 		t.Fatalf("testenv: dovecot MailDir: %v", err)
 	}
-	for _, p := range []string{d.MailDir, opts.PassdbCheckpassword} {
+	if opts.PasswdFile != "" {
+		if opts.PasswdFile, err = filepath.Abs(opts.PasswdFile); err != nil {
+			t.Fatalf("testenv: dovecot PasswdFile: %v", err)
+		}
+	}
+	for _, p := range []string{d.MailDir, opts.PassdbCheckpassword, opts.PasswdFile} {
 		if err := checkConfigPath(p); err != nil {
 			t.Fatalf("testenv: dovecot: %v", err)
 		}
@@ -175,9 +195,12 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *DovecotServer {
 		fmt.Fprintf(&passwd, "%s:{SHA512-CRYPT}%s::::::\n", name, SHA512Crypt(u.Password))
 		d.MakeMaildir(t, name)
 	}
-	passwdPath := filepath.Join(d.Dir, "passwd")
-	if err := os.WriteFile(passwdPath, []byte(passwd.String()), 0o600); err != nil {
-		t.Fatalf("testenv: dovecot passwd-file: %v", err)
+	passwdPath := opts.PasswdFile
+	if passwdPath == "" {
+		passwdPath = filepath.Join(d.Dir, "passwd")
+		if err := os.WriteFile(passwdPath, []byte(passwd.String()), 0o600); err != nil {
+			t.Fatalf("testenv: dovecot passwd-file: %v", err)
+		}
 	}
 
 	var certPath, keyPath string
@@ -234,6 +257,7 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *DovecotServer {
 			noPlain:    opts.DisablePlaintextAuth,
 			ports:      ports,
 			tls:        opts.TLS,
+			extra:      opts.ExtraConfig,
 		})
 		if err := os.WriteFile(d.ConfigPath, []byte(conf), 0o644); err != nil {
 			t.Fatalf("testenv: dovecot config: %v", err)
@@ -731,6 +755,7 @@ type configParams struct {
 	certPath, keyPath            string
 	noPlain, tls                 bool
 	ports                        []int // pop3, imap, lmtp, pop3s, imaps
+	extra                        string
 }
 
 // dovecotConfig renders the instance's complete configuration. It includes
@@ -863,5 +888,208 @@ func dovecotConfig(p configParams) string {
 	w("    port = %d", port(2))
 	w("  }")
 	w("}")
+	if p.extra != "" {
+		w("")
+		w("# DovecotOptions.ExtraConfig")
+		b.WriteString(p.extra)
+		if !strings.HasSuffix(p.extra, "\n") {
+			b.WriteByte('\n')
+		}
+	}
 	return b.String()
+}
+
+// ErrLoginRefused is matched (errors.Is) by the error IMAPMessages and
+// POP3Messages return when Dovecot refuses the user name and password.
+var ErrLoginRefused = errors.New("testenv: dovecot refused the login")
+
+// mailReadTimeout bounds one IMAPMessages or POP3Messages session.
+const mailReadTimeout = 15 * time.Second
+
+// IMAPMessages logs in to the instance's IMAP listener as username with
+// password (LOGIN), selects INBOX and returns every message as IMAP serves
+// it (UID FETCH 1:* BODY.PEEK[], byte for byte, CRLF line ends), in UID
+// order, then logs out. A refused login is an error matching
+// ErrLoginRefused. Selecting INBOX moves messages from new/ to cur/, as any
+// IMAP client does; the messages stay unread.
+func (d *DovecotServer) IMAPMessages(username, password string) ([][]byte, error) {
+	c, err := net.DialTimeout("tcp", d.IMAPAddr, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("imap: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(mailReadTimeout))
+	r := bufio.NewReader(c)
+
+	// response reads one response: its text (literals cut out, their {n}
+	// markers kept) and its literals.
+	response := func() (string, [][]byte, error) {
+		var text strings.Builder
+		var lits [][]byte
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return "", nil, fmt.Errorf("imap: read: %w", err)
+			}
+			line = strings.TrimRight(line, "\r\n")
+			text.WriteString(line)
+			n, ok := imapLiteralSize(line)
+			if !ok {
+				return text.String(), lits, nil
+			}
+			lit := make([]byte, n)
+			if _, err := io.ReadFull(r, lit); err != nil {
+				return "", nil, fmt.Errorf("imap: literal: %w", err)
+			}
+			lits = append(lits, lit)
+		}
+	}
+	tag := 0
+	// cmd sends a command and returns the untagged responses' literals
+	// and the tagged status.
+	cmd := func(format string, args ...any) ([][]byte, string, error) {
+		tag++
+		t := fmt.Sprintf("a%d", tag)
+		if _, err := fmt.Fprintf(c, t+" "+format+"\r\n", args...); err != nil {
+			return nil, "", fmt.Errorf("imap: write: %w", err)
+		}
+		var lits [][]byte
+		for {
+			text, l, err := response()
+			if err != nil {
+				return nil, "", err
+			}
+			if status, ok := strings.CutPrefix(text, t+" "); ok {
+				return lits, status, nil
+			}
+			if strings.Contains(text, " FETCH ") {
+				lits = append(lits, l...)
+			}
+		}
+	}
+	if greeting, _, err := response(); err != nil {
+		return nil, err
+	} else if !strings.HasPrefix(greeting, "* OK") {
+		return nil, fmt.Errorf("imap: greeting %q", greeting)
+	}
+	quote := func(s string) string { return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"` }
+	_, status, err := cmd("LOGIN %s %s", quote(username), quote(password))
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(status, "NO") {
+		return nil, fmt.Errorf("%w: imap LOGIN %s: %s", ErrLoginRefused, username, status)
+	}
+	if !strings.HasPrefix(status, "OK") {
+		return nil, fmt.Errorf("imap LOGIN %s: %s", username, status)
+	}
+	if _, status, err = cmd("SELECT INBOX"); err != nil {
+		return nil, err
+	} else if !strings.HasPrefix(status, "OK") {
+		return nil, fmt.Errorf("imap SELECT INBOX: %s", status)
+	}
+	msgs, status, err := cmd("UID FETCH 1:* BODY.PEEK[]")
+	if err != nil {
+		return nil, err
+	} else if !strings.HasPrefix(status, "OK") {
+		return nil, fmt.Errorf("imap UID FETCH: %s", status)
+	}
+	if _, _, err := cmd("LOGOUT"); err != nil {
+		return nil, err
+	}
+	return msgs, nil
+}
+
+// imapLiteralSize reports whether line ends with a literal's {n} and n.
+func imapLiteralSize(line string) (int, bool) {
+	if !strings.HasSuffix(line, "}") {
+		return 0, false
+	}
+	open := strings.LastIndexByte(line, '{')
+	if open < 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(line[open+1:len(line)-1], "+"))
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// POP3Messages logs in to the instance's POP3 listener as username with
+// password (USER/PASS) and returns every message as RETR serves it (dot
+// stuffing removed, CRLF line ends kept), in order, then quits without
+// deleting anything. A refused login is an error matching ErrLoginRefused.
+func (d *DovecotServer) POP3Messages(username, password string) ([][]byte, error) {
+	c, err := net.DialTimeout("tcp", d.POP3Addr, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("pop3: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(mailReadTimeout))
+	r := bufio.NewReader(c)
+	line := func() (string, error) {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return "", fmt.Errorf("pop3: read: %w", err)
+		}
+		return strings.TrimRight(l, "\r\n"), nil
+	}
+	cmd := func(format string, args ...any) (string, error) {
+		if _, err := fmt.Fprintf(c, format+"\r\n", args...); err != nil {
+			return "", fmt.Errorf("pop3: write: %w", err)
+		}
+		return line()
+	}
+	if greeting, err := line(); err != nil {
+		return nil, err
+	} else if !strings.HasPrefix(greeting, "+OK") {
+		return nil, fmt.Errorf("pop3: greeting %q", greeting)
+	}
+	for _, step := range []string{"USER " + username, "PASS " + password} {
+		resp, err := cmd("%s", step)
+		if err != nil {
+			return nil, err
+		}
+		if !strings.HasPrefix(resp, "+OK") {
+			return nil, fmt.Errorf("%w: pop3 %s %s: %s", ErrLoginRefused, strings.Fields(step)[0], username, resp)
+		}
+	}
+	stat, err := cmd("STAT")
+	if err != nil {
+		return nil, err
+	}
+	var n, size int
+	if _, err := fmt.Sscanf(stat, "+OK %d %d", &n, &size); err != nil {
+		return nil, fmt.Errorf("pop3 STAT: %q", stat)
+	}
+	msgs := make([][]byte, 0, n)
+	for i := 1; i <= n; i++ {
+		resp, err := cmd("RETR %d", i)
+		if err != nil {
+			return nil, err
+		}
+		if !strings.HasPrefix(resp, "+OK") {
+			return nil, fmt.Errorf("pop3 RETR %d: %s", i, resp)
+		}
+		var msg []byte
+		for {
+			l, err := r.ReadBytes('\n')
+			if err != nil {
+				return nil, fmt.Errorf("pop3 RETR %d: %w", i, err)
+			}
+			if string(l) == ".\r\n" {
+				break
+			}
+			if l[0] == '.' {
+				l = l[1:]
+			}
+			msg = append(msg, l...)
+		}
+		msgs = append(msgs, msg)
+	}
+	if _, err := cmd("QUIT"); err != nil {
+		return nil, err
+	}
+	return msgs, nil
 }
