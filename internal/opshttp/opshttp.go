@@ -202,7 +202,7 @@ func (s *Server) Start() error {
 				s.log.Error("ops server panicked", "panic", fmt.Sprint(p))
 			}
 		}()
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("ops server stopped", "error", err)
 		}
 	}()
