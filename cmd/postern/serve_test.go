@@ -82,6 +82,8 @@ var testEnv = []string{
 	"POSTERN_FETCHER_HTTP_LISTEN=127.0.0.1:0",
 	"POSTERN_ROUTER_HTTP_LISTEN=127.0.0.1:0",
 	"POSTERN_RELAY_HTTP_LISTEN=127.0.0.1:0",
+	"POSTERN_RELAY_SMTP_SUBMISSION_LISTEN=127.0.0.1:0",
+	"POSTERN_RELAY_SMTP_INBOUND_LISTEN=127.0.0.1:0",
 	"POSTERN_LOG_FORMAT=json",
 }
 
@@ -110,7 +112,7 @@ func startServe(t *testing.T, dir string, extraEnv ...string) *server {
 		}
 	})
 
-	want := map[string]bool{"broker": true, "api": true, "users": true, "fetcher": true, "router": true, "relay": true}
+	want := map[string]bool{"broker": true, "api": true, "users": true, "fetcher": true, "router": true, "relay": true, "submission": true, "inbound": true}
 	found := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)

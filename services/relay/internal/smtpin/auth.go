@@ -1,0 +1,232 @@
+package smtpin
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/internal/passwd"
+	"github.com/postern/postern/internal/replica"
+)
+
+var (
+	errAuthFailed    = reply(535, 5, 7, 8, "Authentication credentials invalid")
+	errAuthLocked    = reply(454, 4, 7, 0, "Too many failed authentication attempts, try again later")
+	errAuthMalformed = reply(501, 5, 5, 2, "Malformed authentication exchange")
+	errAuthTemporary = reply(454, 4, 7, 0, "Temporary authentication failure")
+)
+
+// maxLoginLen bounds a login name (an address is at most 320 bytes).
+const maxLoginLen = 320
+
+// AuthMechanisms are PLAIN and LOGIN on submission (go-smtp advertises them
+// only over TLS), none elsewhere.
+func (s *session) AuthMechanisms() []string {
+	if s.kind != kindSubmission {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth starts an AUTH exchange. go-smtp refuses AUTH before TLS itself
+// (523 5.7.10), before asking.
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if s.kind != kindSubmission {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if !s.tls { // not reached while go-smtp's AllowInsecureAuth is false
+		return nil, s.reject("tls_required", errNeedTLS)
+	}
+	switch mech {
+	case sasl.Plain:
+		return guard{sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				return s.login(username, "", true)
+			}
+			return s.login(username, password, false)
+		})}, nil
+	case sasl.Login:
+		return guard{&loginServer{auth: func(username, password string) error { return s.login(username, password, false) }}}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// login checks a user name (or primary address) and password against the
+// replica, under the lockout. A refusal is an *smtp.SMTPError.
+func (s *session) login(name, password string, forceFail bool) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	key := strings.ToLower(strings.TrimSpace(name))
+	if key == "" || len(key) > maxLoginLen || strings.ContainsAny(key, "\x00\r\n") {
+		s.srv.inst.authFailed(s.listener)
+		return errAuthFailed
+	}
+	var u *replica.User
+	if !forceFail {
+		found, err := s.srv.dir.UserByKey(ctx, key)
+		if err != nil {
+			s.log.Error("smtp auth: user lookup", "error", err)
+			return errAuthTemporary
+		}
+		// By user name or primary address only, not an alias.
+		if found != nil && (strings.ToLower(found.Username) == key || strings.ToLower(found.PrimaryAddress) == key) {
+			u = found
+		}
+	}
+	userKey := "smtp-auth:user:" + key
+	if u != nil {
+		userKey = "smtp-auth:user:" + u.ID
+	}
+	ipKey := ""
+	if s.ip.IsValid() {
+		ipKey = "smtp-auth:ip:" + s.ip.String()
+	}
+	lock := s.srv.cfg.AuthLockout
+	locked, err := s.locked(ctx, userKey, ipKey)
+	if err != nil {
+		s.log.Error("smtp auth: lockout state", "error", err)
+		return errAuthTemporary
+	}
+	if locked {
+		s.srv.inst.authFailed(s.listener)
+		s.srv.inst.rejected(s.listener, "auth_locked")
+		s.log.Warn("smtp auth refused: locked out", "login", key)
+		return errAuthLocked
+	}
+	ok := false
+	if u != nil && u.Enabled && u.PasswordHash != "" {
+		ok, err = s.srv.verify(ctx, u.PasswordHash, password)
+		if err != nil && ctx.Err() == nil {
+			// A hash the directory should not have sent: this user
+			// cannot log in; logged, not told.
+			s.log.Error("smtp auth: password hash of user is unusable", "user", u.ID, "error", err)
+			ok = false
+		} else if err != nil {
+			return errAuthTemporary
+		}
+	} else if !forceFail {
+		// Spend the time a verification takes, so that unknown and
+		// disabled users are not told apart by timing.
+		_, _ = s.srv.verify(ctx, s.srv.dummy(), password)
+	}
+	if ok {
+		if lock.MaxFailuresPerUser > 0 {
+			if err := s.srv.limits.Reset(ctx, userKey); err != nil {
+				s.log.Warn("smtp auth: clearing the failure count", "error", err)
+			}
+		}
+		s.user = u
+		s.log = s.log.With("user", u.ID)
+		s.log.Info("smtp auth succeeded", "login", key)
+		return nil
+	}
+	s.srv.inst.authFailed(s.listener)
+	s.log.Info("smtp auth failed", "login", key)
+	if lock.MaxFailuresPerUser > 0 {
+		if _, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window); err != nil {
+			s.log.Error("smtp auth: counting the failure", "error", err)
+		}
+	}
+	if lock.MaxFailuresPerIP > 0 && ipKey != "" {
+		if _, _, err := s.srv.limits.Hit(ctx, ipKey, lock.Window); err != nil {
+			s.log.Error("smtp auth: counting the failure", "error", err)
+		}
+	}
+	return errAuthFailed
+}
+
+// locked reports whether the user or the client address has reached its
+// failure limit in the current window.
+func (s *session) locked(ctx context.Context, userKey, ipKey string) (bool, error) {
+	lock := s.srv.cfg.AuthLockout
+	if n := lock.MaxFailuresPerUser; n > 0 {
+		c, _, err := s.srv.limits.Count(ctx, userKey)
+		if err != nil {
+			return false, err
+		}
+		if c >= int64(n) {
+			return true, nil
+		}
+	}
+	if n := lock.MaxFailuresPerIP; n > 0 && ipKey != "" {
+		c, _, err := s.srv.limits.Count(ctx, ipKey)
+		if err != nil {
+			return false, err
+		}
+		if c >= int64(n) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// verify checks pw against hash, at most GOMAXPROCS at a time (argon2id
+// needs 64 MiB per check).
+func (s *Server) verify(ctx context.Context, hash, pw string) (bool, error) {
+	select {
+	case s.verifySem <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-s.verifySem }()
+	return passwd.Verify(hash, pw)
+}
+
+// dummy returns a hash no password matches in practice, made once.
+func (s *Server) dummy() string {
+	s.dummyOnce.Do(func() {
+		h, err := passwd.Hash(newMessageID())
+		if err != nil {
+			s.log.Error("smtp auth: making the timing-equaliser hash", "error", err)
+		}
+		s.dummyHash = h
+	})
+	return s.dummyHash
+}
+
+// guard turns the errors of a SASL exchange that are not SMTP replies (a
+// malformed PLAIN response) into a fixed reply.
+type guard struct{ sasl.Server }
+
+func (g guard) Next(response []byte) ([]byte, bool, error) {
+	ch, done, err := g.Server.Next(response)
+	if err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			return nil, false, errAuthMalformed
+		}
+	}
+	return ch, done, err
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login), which go-sasl no longer provides: the
+// server asks "Username:" then "Password:"; an initial response is the user
+// name.
+type loginServer struct {
+	auth     func(username, password string) error
+	username string
+	step     int
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step = 1
+		if response == nil {
+			return []byte("Username:"), false, nil
+		}
+		fallthrough
+	case 1:
+		l.username = string(response)
+		l.step = 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step = 3
+		return nil, true, l.auth(l.username, string(response))
+	}
+	return nil, false, sasl.ErrUnexpectedClientResponse
+}
