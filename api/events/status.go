@@ -21,20 +21,25 @@ const (
 // Status is the outcome for one recipient, on mail.status. It is JSON in the
 // record value; the type and version are in headers like every record.
 type Status struct {
-	InboundID   string    `json:"inbound_id"`            // the mail.inbound record
-	DeliveryID  string    `json:"delivery_id,omitempty"` // the mail.delivery record, when routing produced one
-	Site        string    `json:"site,omitempty"`        // the site reporting
-	Stage       string    `json:"stage"`                 // "router" or "relay"
-	Recipient   string    `json:"recipient"`             // the recipient this outcome is about
-	Outcome     string    `json:"outcome"`               // Outcome*
-	Reason      string    `json:"reason,omitempty"`      // human-readable cause (never secret or internal detail)
-	SMTPCode    int       `json:"smtp_code,omitempty"`   // the remote reply code, if any
-	NextAttempt time.Time `json:"next_attempt,omitzero"` // for deferred
-	At          time.Time `json:"at"`                    // when this outcome happened
-	MessageID   string    `json:"message_id,omitempty"`  // the message's Message-ID header, for tracing
-	Source      Source    `json:"source"`                // where the message entered Postern
-	Attempt     int       `json:"attempt,omitempty"`     // 1 for the first attempt
-	Destination string    `json:"destination,omitempty"` // Dest*
+	InboundID  string `json:"inbound_id"`            // the mail.inbound record
+	DeliveryID string `json:"delivery_id,omitempty"` // the mail.delivery record, when routing produced one
+	Site       string `json:"site,omitempty"`        // the site reporting
+	Stage      string `json:"stage"`                 // "router" or "relay"
+	Recipient  string `json:"recipient"`             // the recipient this outcome is about
+	// OriginalRecipient is the envelope recipient of the mail.inbound
+	// record this outcome answers for (before alias, group and
+	// shared-mailbox expansion): the fetcher marks that recipient of the
+	// POP3 message delivered. Empty when it is Recipient itself.
+	OriginalRecipient string    `json:"original_recipient,omitempty"`
+	Outcome           string    `json:"outcome"`               // Outcome*
+	Reason            string    `json:"reason,omitempty"`      // human-readable cause (never secret or internal detail)
+	SMTPCode          int       `json:"smtp_code,omitempty"`   // the remote reply code, if any
+	NextAttempt       time.Time `json:"next_attempt,omitzero"` // for deferred
+	At                time.Time `json:"at"`                    // when this outcome happened
+	MessageID         string    `json:"message_id,omitempty"`  // the message's Message-ID header, for tracing
+	Source            Source    `json:"source"`                // where the message entered Postern
+	Attempt           int       `json:"attempt,omitempty"`     // 1 for the first attempt
+	Destination       string    `json:"destination,omitempty"` // Dest*
 }
 
 // Validate reports the first missing or impossible field.

@@ -627,6 +627,7 @@ func (s *Service) outputs(ctx context.Context, j job, outs []outcome) ([]msgbus.
 			InboundID: d.InboundID, DeliveryID: d.ID, Site: s.deps.Site, Stage: Stage, Recipient: o.rcpt,
 			Outcome: result, Reason: o.reason, SMTPCode: o.code, At: now, MessageID: msgID,
 			Source: d.Source, Attempt: j.attempt, Destination: d.Destination,
+			OriginalRecipient: d.OriginalRecipient,
 		}
 	}
 	var (

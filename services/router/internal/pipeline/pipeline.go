@@ -328,7 +328,7 @@ func (p *Pipeline) statuses(in events.Inbound, rejs []routing.Rejection) ([]even
 		s := events.Status{
 			InboundID: in.ID, Site: p.site, Stage: "router", Recipient: r.Recipient,
 			Outcome: events.OutcomeRejected, Reason: r.Status + " " + r.Reason, At: at,
-			MessageID: msgID, Source: in.Source,
+			MessageID: msgID, Source: in.Source, OriginalRecipient: r.Recipient,
 		}
 		rec, err := s.Encode()
 		if err != nil {
