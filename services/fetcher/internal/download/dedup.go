@@ -1,0 +1,129 @@
+package download
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/postern/postern/internal/sitestate"
+)
+
+// Duplicate suppression: the same Message-ID for the same recipient, seen
+// again within the window through any account (or twice in one multi-drop
+// mailbox), is published once.
+//
+// The decision for one (account, UIDL, Message-ID, recipient) must come out
+// the same when the message is handled again after a failed publish or a
+// crash, or the retry would drop a recipient the first attempt won (a loss);
+// and a copy must not be dropped before the copy that won was published, or
+// a winner that never publishes (its account removed) would lose the mail.
+// Idempotency keys carry no value, so five keys per recipient do it (<src>
+// is a hash of account and UIDL, <m> is "<msgid>:<rcpt>"):
+//
+//	T  fetch-dup-try:<src>:<m>      this source tried (set first)
+//	K  fetch-dup:<m>                the claim: one source wins
+//	W  fetch-dup-pub:<m>            the winner's copy was published (set after the publish)
+//	L  fetch-dup-lost:<src>:<m>     this source lost to a published copy
+//	P  fetch-dup-wait:<src>:<m>     this source lost the claim, the winner has not published yet
+//
+// A first attempt (T newly set) claims K: won; or lost for sure, since no
+// earlier attempt of ours can have set K — then dropped if W is set (L
+// records it) or else left pending (P) and tried again at the next session.
+// A later attempt keeps a recorded loss (L); a pending one looks again (and
+// wins once the other claim has expired unpublished); with neither it wins:
+// it won before, or stopped between two steps and cannot tell, so a
+// duplicate is possible and a loss is not. Every key lives for the window.
+type dedup struct {
+	idem   sitestate.Idempotency
+	window time.Duration
+}
+
+// verdict of a duplicate check for one recipient.
+type verdict int
+
+const (
+	keep    verdict = iota // publish for this recipient
+	drop                   // a copy for this recipient was published already
+	pending                // another copy claimed it but is not published yet: try later
+)
+
+// srcHash names one message of one account in dedup keys.
+func srcHash(account, uidl string) string {
+	sum := sha256.Sum256([]byte(account + "\x00" + uidl))
+	return hex.EncodeToString(sum[:12])
+}
+
+func (d *dedup) enabled(msgid string) bool {
+	return d != nil && d.window > 0 && msgid != ""
+}
+
+// check decides whether rcpt keeps message msgid from (account, uidl).
+func (d *dedup) check(ctx context.Context, account, uidl, msgid, rcpt string) (verdict, error) {
+	if !d.enabled(msgid) {
+		return keep, nil
+	}
+	src := srcHash(account, uidl)
+	m := msgid + ":" + rcpt
+	v, err := d.decide(ctx, src, m)
+	if err != nil {
+		return keep, fmt.Errorf("duplicate check: %w", err)
+	}
+	return v, nil
+}
+
+func (d *dedup) decide(ctx context.Context, src, m string) (verdict, error) {
+	idem := d.idem
+	first, err := idem.Claim(ctx, "fetch-dup-try:"+src+":"+m, d.window)
+	if err != nil {
+		return keep, err
+	}
+	if first {
+		won, err := idem.Claim(ctx, "fetch-dup:"+m, d.window)
+		if err != nil || won {
+			return keep, err
+		}
+		return d.lostClaim(ctx, src, m)
+	}
+	if lost, err := idem.Seen(ctx, "fetch-dup-lost:"+src+":"+m); err != nil || lost {
+		return drop, err
+	}
+	waiting, err := idem.Seen(ctx, "fetch-dup-wait:"+src+":"+m)
+	if err != nil {
+		return keep, err
+	}
+	won, err := idem.Claim(ctx, "fetch-dup:"+m, d.window)
+	if err != nil || won || !waiting {
+		// Won now, or won before (or cannot tell): keep.
+		return keep, err
+	}
+	return d.lostClaim(ctx, src, m)
+}
+
+// lostClaim: another source holds the claim. Drop if its copy was
+// published, else wait for it.
+func (d *dedup) lostClaim(ctx context.Context, src, m string) (verdict, error) {
+	published, err := d.idem.Seen(ctx, "fetch-dup-pub:"+m)
+	if err != nil {
+		return keep, err
+	}
+	if published {
+		_, err := d.idem.Claim(ctx, "fetch-dup-lost:"+src+":"+m, d.window)
+		return drop, err
+	}
+	_, err = d.idem.Claim(ctx, "fetch-dup-wait:"+src+":"+m, d.window)
+	return pending, err
+}
+
+// published records that the copy for rcpt was published, so that the
+// copies waiting for it are dropped.
+func (d *dedup) published(ctx context.Context, msgid, rcpt string) error {
+	if !d.enabled(msgid) {
+		return nil
+	}
+	if _, err := d.idem.Claim(ctx, "fetch-dup-pub:"+msgid+":"+rcpt, d.window); err != nil {
+		return fmt.Errorf("duplicate check: recording the publish: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+package download
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/msgbus"
+	"github.com/postern/postern/internal/replica"
+	"github.com/postern/postern/internal/sitestate"
+)
+
+// Orphan statuses: a status can overtake the ledger write it refers to (the
+// router and the relay may be done with a message before the downloader
+// has recorded its hand-off). Such a status is kept in memory for a while
+// and applied right after the hand-off is recorded.
+const (
+	orphanTTL = time.Hour
+	maxOrphan = 100_000
+)
+
+type orphan struct {
+	recipients []string
+	at         time.Time // the outcome's time
+	seen       time.Time // when it was kept
+}
+
+// StatusGroup is the consumer group the status consumer uses.
+func (d *Downloader) StatusGroup() string {
+	if d.cfg.StatusGroup != "" {
+		return d.cfg.StatusGroup
+	}
+	if d.opts.Site == "" {
+		return "fetcher-status"
+	}
+	return d.opts.Site + "-fetcher-status"
+}
+
+// RunStatus consumes mail.status until ctx is cancelled: every final
+// outcome (delivered, bounced, rejected) of a recipient of a message
+// downloaded from a POP3 account is marked in the UIDL ledger, so that the
+// message can be deleted from the server at the account's next session.
+// Deferred outcomes are not final and are ignored.
+func (d *Downloader) RunStatus(ctx context.Context) error {
+	return d.opts.Bus.Consume(ctx, msgbus.Subscription{
+		Group:   d.StatusGroup(),
+		Topic:   events.TopicStatus,
+		Name:    "fetcher-status",
+		Handler: d.handleStatus,
+	})
+}
+
+func (d *Downloader) handleStatus(ctx context.Context, rec msgbus.Record) ([]msgbus.Message, error) {
+	st, err := events.DecodeStatus(rec.Event())
+	if err != nil {
+		return nil, msgbus.Permanent(fmt.Errorf("fetcher status consumer: %w", err))
+	}
+	src := st.Source
+	if src.Kind != events.SourcePOP3 || src.POP3Account == "" || src.POP3UIDL == "" {
+		return nil, nil
+	}
+	switch st.Outcome {
+	case events.OutcomeDelivered, events.OutcomeBounced, events.OutcomeRejected:
+	default:
+		return nil, nil
+	}
+	rcpt := strings.ToLower(strings.TrimSpace(st.Recipient))
+	if rcpt == "" {
+		return nil, nil
+	}
+	// The envelope recipient the outcome answers for, when the router
+	// expanded it (alias, group, shared mailbox); the mailbox address is
+	// kept for statuses written without it (older relays): it is mapped
+	// back through the replica.
+	rcpts := []string{rcpt}
+	if orig := strings.ToLower(strings.TrimSpace(st.OriginalRecipient)); orig != "" && orig != rcpt {
+		rcpts = []string{orig, rcpt}
+	}
+	if err := d.markDelivered(ctx, src.POP3Account, src.POP3UIDL, st.At, rcpts...); err != nil {
+		return nil, fmt.Errorf("marking %s of pop3 message %s delivered: %w", rcpt, src.POP3UIDL, err)
+	}
+	return nil, nil
+}
+
+// markExpanded handles a status whose recipient is not one the message
+// was published for: the router expanded an envelope recipient (an alias,
+// a group, a shared mailbox) into mailboxes, and the relay reports the
+// mailbox. The envelope recipients it came from are marked: the first
+// final outcome of any of their mailboxes counts, since by then the
+// message is safe in the pipeline (the others are being retried from
+// mail.delivery), not only on the POP3 server.
+func (d *Downloader) markExpanded(ctx context.Context, e sitestate.LedgerEntry, at time.Time, final string) error {
+	var from []string
+	for _, orig := range e.Pending() {
+		ok, err := d.expandsTo(ctx, orig, final)
+		if err != nil {
+			return err
+		}
+		if ok {
+			from = append(from, orig)
+		}
+	}
+	if len(from) == 0 {
+		d.log.Debug("status for a recipient the pop3 message was not published for", "account_id", e.Account, "uidl", e.UIDL, "recipient", final)
+		return nil
+	}
+	_, err := d.opts.Ledger.MarkDelivered(ctx, e.Account, e.UIDL, at, from...)
+	return err
+}
+
+// maxGroupDepth bounds the expansion of nested groups.
+const maxGroupDepth = 10
+
+// expandsTo reports whether envelope recipient orig reaches mailbox
+// address final: the same user (an alias), a member of the group orig
+// (nested groups included), or the manager or a staff member of the shared
+// mailbox orig.
+func (d *Downloader) expandsTo(ctx context.Context, orig, final string) (bool, error) {
+	fu, err := d.dir.UserByKey(ctx, final)
+	if err != nil || fu == nil {
+		return false, err
+	}
+	if ou, err := d.dir.UserByKey(ctx, orig); err != nil || ou != nil {
+		return ou != nil && ou.ID == fu.ID, err
+	}
+	if sm, err := d.dir.SharedMailboxByAddress(ctx, orig); err != nil || sm != nil {
+		return sm != nil && (sm.Manager == fu.ID || sm.HasStaff(fu.ID)), err
+	}
+	g, err := d.dir.GroupByKey(ctx, orig)
+	if err != nil || g == nil {
+		return false, err
+	}
+	return d.groupHas(ctx, g, fu.ID, 0, map[string]bool{})
+}
+
+func (d *Downloader) groupHas(ctx context.Context, g *replica.Group, userID string, depth int, seen map[string]bool) (bool, error) {
+	if depth > maxGroupDepth || seen[g.ID] {
+		return false, nil
+	}
+	seen[g.ID] = true
+	for _, m := range g.Members {
+		switch m.Type {
+		case replica.MemberUser:
+			if m.ID == userID {
+				return true, nil
+			}
+		case replica.MemberGroup:
+			sub, err := d.dir.Group(ctx, m.ID)
+			if err != nil {
+				return false, err
+			}
+			if sub != nil {
+				if ok, err := d.groupHas(ctx, sub, userID, depth+1, seen); err != nil || ok {
+					return ok, err
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+// markDelivered marks rcpt's outcome in the ledger, or keeps it as an
+// orphan if the hand-off is not recorded yet.
+func (d *Downloader) markDelivered(ctx context.Context, account, uidl string, at time.Time, rcpts ...string) error {
+	e, err := d.opts.Ledger.MarkDelivered(ctx, account, uidl, at, rcpts...)
+	if errors.Is(err, sitestate.ErrNotFound) {
+		// Keep it first, then look again: either this second look sees
+		// the entry, or the downloader (which records, then takes the
+		// orphans) finds the orphan.
+		d.keepOrphan(account, uidl, at, rcpts)
+		e, err = d.opts.Ledger.MarkDelivered(ctx, account, uidl, at, rcpts...)
+		if errors.Is(err, sitestate.ErrNotFound) {
+			d.log.Debug("status for a pop3 message not in the ledger (yet)", "account_id", account, "uidl", uidl)
+			return nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return d.markUnmatched(ctx, e, at, rcpts)
+}
+
+// markUnmatched passes the recipients the entry does not have to
+// markExpanded.
+func (d *Downloader) markUnmatched(ctx context.Context, e sitestate.LedgerEntry, at time.Time, rcpts []string) error {
+	for _, r := range rcpts {
+		if contains(e.Recipients, r) {
+			continue
+		}
+		if err := d.markExpanded(ctx, e, at, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func orphanKey(account, uidl string) string { return account + "\x00" + uidl }
+
+func (d *Downloader) keepOrphan(account, uidl string, at time.Time, rcpts []string) {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.orphans) >= maxOrphan {
+		for k, o := range d.orphans {
+			if now.Sub(o.seen) > orphanTTL {
+				delete(d.orphans, k)
+			}
+		}
+		if len(d.orphans) >= maxOrphan {
+			return
+		}
+	}
+	k := orphanKey(account, uidl)
+	o := d.orphans[k]
+	if o == nil {
+		o = &orphan{at: at}
+		d.orphans[k] = o
+	}
+	o.seen = now
+	for _, r := range rcpts {
+		if !contains(o.recipients, r) {
+			o.recipients = append(o.recipients, r)
+		}
+	}
+}
+
+// takeOrphans applies the statuses that arrived before the hand-off of
+// (account, uidl) was recorded.
+func (d *Downloader) takeOrphans(ctx context.Context, account, uidl string) error {
+	k := orphanKey(account, uidl)
+	d.mu.Lock()
+	o := d.orphans[k]
+	delete(d.orphans, k)
+	d.mu.Unlock()
+	if o == nil || time.Since(o.seen) > orphanTTL {
+		return nil
+	}
+	e, err := d.opts.Ledger.MarkDelivered(ctx, account, uidl, o.at, o.recipients...)
+	if err != nil {
+		return err
+	}
+	return d.markUnmatched(ctx, e, o.at, o.recipients)
+}
