@@ -77,7 +77,7 @@ func New(cfg Config, rt *app.Runtime) (_ *Service, err error) {
 	s := &Service{cfg: cfg, rt: rt, log: log}
 	meter := rt.Telemetry.MeterProvider()
 
-	s.local, err = mailbox.New(cfg.Mailbox, mailbox.Options{State: rt.State.Idempotency(), Logger: log.With("component", "mailbox"), Hostname: cfg.Delivery.Hostname})
+	s.local, err = mailbox.New(cfg.Mailbox, mailbox.Options{State: rt.State.Idempotency(), Logger: log, Hostname: cfg.Delivery.Hostname})
 	if err != nil {
 		return nil, fmt.Errorf("relay mailbox: %w", err)
 	}
@@ -88,19 +88,19 @@ func New(cfg Config, rt *app.Runtime) (_ *Service, err error) {
 	}()
 	s.delivery, err = delivery.New(cfg.Delivery, delivery.Deps{
 		Bus: rt.Bus, Directory: rt.State.Directory(), Idempotency: rt.State.Idempotency(), Local: s.local,
-		Site: rt.Common.Site, Logger: log.With("component", "delivery"), MeterProvider: meter,
+		Site: rt.Common.Site, Logger: log, MeterProvider: meter,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("relay delivery: %w", err)
 	}
 	s.smtp, err = smtpin.New(cfg.SMTP, smtpin.Deps{
-		Site: rt.Common.Site, Bus: rt.Bus, State: rt.State, Logger: log.With("component", "smtp"),
+		Site: rt.Common.Site, Bus: rt.Bus, State: rt.State, Logger: log,
 		Meter: meter, Tracer: rt.Telemetry.TracerProvider(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("relay smtp: %w", err)
 	}
-	s.auth, err = dovecotauth.New(cfg.DovecotAuth, rt.State.Directory(), rt.Common.Site, dovecotauth.Options{Logger: log.With("component", "dovecot-auth")})
+	s.auth, err = dovecotauth.New(cfg.DovecotAuth, rt.State.Directory(), rt.Common.Site, dovecotauth.Options{Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("relay dovecot_auth: %w", err)
 	}

@@ -18,7 +18,7 @@ const maxWait = 120 * time.Second
 // Config configures the AUM client of one site.
 type Config struct {
 	URL         string        `yaml:"url" doc:"base URL of the users service's REST API, e.g. http://127.0.0.1:8080 (the client adds /v1/sync); https:// for TLS"`
-	Token       config.Secret `yaml:"token" doc:"the site's site_agent token (pst_...), created with: postern tokens add <name> --role site_agent --site <site>"`
+	Token       config.Secret `yaml:"token" doc:"the site's site_agent token (pst_...), created with: postern tokens add <name> --role site_agent --site <site>. In the fetcher, the AUM client is off while url or token is empty (the replica is then left as it is)"`
 	Timeout     time.Duration `yaml:"timeout" doc:"time limit of one request to the users service (a long poll gets wait on top)"`
 	Wait        time.Duration `yaml:"wait" doc:"how long one long poll of /v1/sync waits for a change between download cycles (whole seconds, 1s to 120s; the users service may cap it lower)"`
 	MaxAge      time.Duration `yaml:"max_age" doc:"a replica not synced for longer than this is stale: reported in the metric postern_directory_replica_age_seconds, and refused with refuse_stale"`
