@@ -69,7 +69,7 @@ func startPostern(sinkAddr string) (string, func(), error) {
 	cfg.Delivery.Hostname = "postern.bench.invalid"
 	cfg.Delivery.Smarthost.Host = host
 	fmt.Sscan(port, &cfg.Delivery.Smarthost.Port)
-	cfg.Delivery.Smarthost.TLS = "none" // the sink is on this machine
+	cfg.Delivery.Smarthost.TLS = "none"     // the sink is on this machine
 	cfg.Delivery.Smarthost.MaxSessions = 20 // as Postfix's smtp_destination_concurrency_limit
 	cfg.Mailbox.Maildir.Root = filepath.Join(dir, "mail")
 	cfg.DovecotAuth.PasswdFile = filepath.Join(dir, "dovecot", "passwd")
