@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,14 +210,6 @@ func (e *env) waitDelivered(account string, uidls ...string) {
 	}
 }
 
-func byUIDL(ins []events.Inbound) map[string]events.Inbound {
-	m := map[string]events.Inbound{}
-	for _, in := range ins {
-		m[in.Source.POP3UIDL] = in
-	}
-	return m
-}
-
 // genMessage returns a CRLF message of about size bytes with an 8-bit
 // header and body lines that start with ".", "..", or are a lone ".".
 func genMessage(seed uint64, size int, header string) []byte {
@@ -281,12 +272,6 @@ func checkSame(t *testing.T, got []events.Inbound, want map[string][]byte) {
 			t.Errorf("message %s never reached mail.inbound", k)
 		}
 	}
-}
-
-func sortedRecipients(in events.Inbound) []string {
-	r := slices.Clone(in.Recipients)
-	slices.Sort(r)
-	return r
 }
 
 func mustNoErr(t *testing.T, what string, err error) {
