@@ -134,3 +134,36 @@ func (u *Users) SiteAgentToken(t testing.TB, site string) string {
 	}
 	return resp.JSON201.Secret
 }
+
+// CreatePOP3Account creates a POP3 account (see ISP.Account for one that
+// downloads a mailbox of a test ISP) and returns it as the service stored
+// it.
+func (u *Users) CreatePOP3Account(t testing.TB, a usersclient.POP3AccountCreate) usersclient.POP3Account {
+	t.Helper()
+	ctx, cancel := ctx30()
+	defer cancel()
+	resp, err := u.Client.CreatePOP3AccountWithResponse(ctx, a)
+	if err != nil {
+		t.Fatalf("harness: create pop3 account %s: %v", a.Name, err)
+	}
+	if resp.JSON201 == nil {
+		t.Fatalf("harness: create pop3 account %s: %d %s", a.Name, resp.StatusCode(), resp.Body)
+	}
+	return *resp.JSON201
+}
+
+// UpdatePOP3Account changes the POP3 account id (a merge patch, without
+// If-Match) and returns it as the service stored it.
+func (u *Users) UpdatePOP3Account(t testing.TB, id string, p usersclient.POP3AccountPatch) usersclient.POP3Account {
+	t.Helper()
+	ctx, cancel := ctx30()
+	defer cancel()
+	resp, err := u.Client.UpdatePOP3AccountWithResponse(ctx, id, nil, p)
+	if err != nil {
+		t.Fatalf("harness: update pop3 account %s: %v", id, err)
+	}
+	if resp.JSON200 == nil {
+		t.Fatalf("harness: update pop3 account %s: %d %s", id, resp.StatusCode(), resp.Body)
+	}
+	return *resp.JSON200
+}
