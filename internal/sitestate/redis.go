@@ -677,6 +677,62 @@ func (i redisIdempotency) Claim(ctx context.Context, key string, ttl time.Durati
 	return ok, nil
 }
 
+// ClaimAll sends one SET NX PX per key in one MULTI/EXEC: one round trip,
+// and Redis runs them all or none.
+func (i redisIdempotency) ClaimAll(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	ms, err := ttlMS(ttl)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkIdempotencyKeys(keys); err != nil {
+		return nil, err
+	}
+	claimed := make([]bool, len(keys))
+	if len(keys) == 0 {
+		return claimed, nil
+	}
+	cmds := make([]*redis.BoolCmd, len(keys))
+	_, err = i.s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for j, k := range keys {
+			cmds[j] = p.SetNX(ctx, i.key(k), "1", time.Duration(ms)*time.Millisecond)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim %s: %w", describeKeys(keys), err)
+	}
+	for j, c := range cmds {
+		claimed[j] = c.Val()
+	}
+	return claimed, nil
+}
+
+// SeenAll reads the keys with one MGET (a missing or expired key is nil).
+func (i redisIdempotency) SeenAll(ctx context.Context, keys []string) ([]bool, error) {
+	if err := checkIdempotencyKeys(keys); err != nil {
+		return nil, err
+	}
+	seen := make([]bool, len(keys))
+	if len(keys) == 0 {
+		return seen, nil
+	}
+	full := make([]string, len(keys))
+	for j, k := range keys {
+		full[j] = i.key(k)
+	}
+	vals, err := i.s.c.MGet(ctx, full...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", describeKeys(keys), err)
+	}
+	if len(vals) != len(keys) {
+		return nil, fmt.Errorf("read %s: redis answered %d values", describeKeys(keys), len(vals))
+	}
+	for j, v := range vals {
+		seen[j] = v != nil
+	}
+	return seen, nil
+}
+
 func (i redisIdempotency) Seen(ctx context.Context, key string) (bool, error) {
 	if err := checkString("idempotency key", key); err != nil {
 		return false, err

@@ -238,8 +238,23 @@ type Idempotency interface {
 	// whether this call set it: among concurrent callers exactly one wins
 	// until the key expires or is forgotten. ttl must be positive.
 	Claim(ctx context.Context, key string, ttl time.Duration) (claimed bool, err error)
+	// ClaimAll claims keys for ttl in one atomic step (one transaction, one
+	// round trip): claimed[i] is what Claim(ctx, keys[i], ttl) would have
+	// reported had the keys been claimed one after the other, so a key
+	// listed twice is claimed at its first place only. An empty or nil keys
+	// claims nothing and returns an empty slice. An invalid key or ttl is
+	// ErrInvalid and sets no key. After any other error either no key was
+	// set or (the answer lost on its way back) all were: calling again is
+	// safe. This is the call to use when several keys are set at once: on
+	// SQLite one synchronous commit covers them all.
+	ClaimAll(ctx context.Context, keys []string, ttl time.Duration) (claimed []bool, err error)
 	// Seen reports whether key is set and unexpired.
 	Seen(ctx context.Context, key string) (bool, error)
+	// SeenAll reports, for each of keys, whether it is set and unexpired
+	// (seen[i] is about keys[i]), reading them at one moment in one round
+	// trip. An empty or nil keys returns an empty slice; an invalid key is
+	// ErrInvalid.
+	SeenAll(ctx context.Context, keys []string) (seen []bool, err error)
 	// Forget removes key (so it can be claimed again); a missing key is
 	// not an error.
 	Forget(ctx context.Context, key string) error

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -614,6 +616,18 @@ func (l sqliteLedger) Forget(ctx context.Context, account, uidl string) error {
 
 type sqliteIdempotency struct{ s *sqliteStore }
 
+// sqliteClaim claims key ?1 until ?2 (Unix ms) at time ?3 in one statement:
+// insert, or take over an expired key; an unexpired key is left alone and
+// no row is affected.
+const sqliteClaim = `
+	INSERT INTO idempotency (key, expires_ms) VALUES (?1, ?2)
+	ON CONFLICT (key) DO UPDATE SET expires_ms = excluded.expires_ms
+	WHERE expires_ms <= ?3`
+
+// sqliteSeenChunk bounds the keys of one SELECT ... IN (...) of SeenAll,
+// well below SQLite's limit on bound parameters.
+const sqliteSeenChunk = 500
+
 func (i sqliteIdempotency) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	if err := checkString("idempotency key", key); err != nil {
 		return false, err
@@ -623,12 +637,7 @@ func (i sqliteIdempotency) Claim(ctx context.Context, key string, ttl time.Durat
 		return false, err
 	}
 	now := time.Now().UnixMilli()
-	// One statement: insert, or take over an expired key; an unexpired key
-	// is left alone and no row is affected.
-	res, err := i.s.w.ExecContext(ctx, `
-		INSERT INTO idempotency (key, expires_ms) VALUES (?1, ?2)
-		ON CONFLICT (key) DO UPDATE SET expires_ms = excluded.expires_ms
-		WHERE expires_ms <= ?3`, key, now+ms, now)
+	res, err := i.s.w.ExecContext(ctx, sqliteClaim, key, now+ms, now)
 	if err != nil {
 		return false, fmt.Errorf("claim idempotency key %q: %w", key, err)
 	}
@@ -637,6 +646,97 @@ func (i sqliteIdempotency) Claim(ctx context.Context, key string, ttl time.Durat
 		return false, fmt.Errorf("claim idempotency key %q: %w", key, err)
 	}
 	return n == 1, nil
+}
+
+// ClaimAll claims every key in one IMMEDIATE transaction: one commit, so
+// one fsync (synchronous=FULL) for the whole batch.
+func (i sqliteIdempotency) ClaimAll(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	ms, err := ttlMS(ttl)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkIdempotencyKeys(keys); err != nil {
+		return nil, err
+	}
+	claimed := make([]bool, len(keys))
+	if len(keys) == 0 {
+		return claimed, nil
+	}
+	now := time.Now().UnixMilli()
+	err = i.s.write(ctx, func(tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx, sqliteClaim)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for j, k := range keys {
+			res, err := st.ExecContext(ctx, k, now+ms, now)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			claimed[j] = n == 1
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim %s: %w", describeKeys(keys), err)
+	}
+	return claimed, nil
+}
+
+// SeenAll reads the keys with one SELECT per sqliteSeenChunk keys, in one
+// read transaction (one snapshot of the WAL database).
+func (i sqliteIdempotency) SeenAll(ctx context.Context, keys []string) ([]bool, error) {
+	if err := checkIdempotencyKeys(keys); err != nil {
+		return nil, err
+	}
+	seen := make([]bool, len(keys))
+	if len(keys) == 0 {
+		return seen, nil
+	}
+	tx, err := i.s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", describeKeys(keys), err)
+	}
+	defer tx.Rollback()
+	now := time.Now().UnixMilli()
+	set := make(map[string]bool, len(keys))
+	for chunk := range slices.Chunk(keys, sqliteSeenChunk) {
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, now)
+		for _, k := range chunk {
+			args = append(args, k)
+		}
+		q := `SELECT key FROM idempotency WHERE expires_ms > ? AND key IN (?` + strings.Repeat(`, ?`, len(chunk)-1) + `)`
+		if err := scanKeys(ctx, tx, q, args, set); err != nil {
+			return nil, fmt.Errorf("read %s: %w", describeKeys(keys), err)
+		}
+	}
+	for j, k := range keys {
+		seen[j] = set[k]
+	}
+	return seen, nil
+}
+
+// scanKeys runs q, which selects one TEXT column, and adds each value to set.
+func scanKeys(ctx context.Context, tx *sql.Tx, q string, args []any, set map[string]bool) error {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return err
+		}
+		set[k] = true
+	}
+	return rows.Err()
 }
 
 func (i sqliteIdempotency) Seen(ctx context.Context, key string) (bool, error) {

@@ -48,6 +48,10 @@ func Run(t *testing.T, open func(t *testing.T) sitestate.Store) {
 		{"Idempotency/ClaimExactlyOnce", testIdempotencyConcurrent},
 		{"Idempotency/Expiry", testIdempotencyExpiry},
 		{"Idempotency/Invalid", testIdempotencyInvalid},
+		{"Idempotency/ClaimAllSeenAll", testIdempotencyBatch},
+		{"Idempotency/ClaimAllExactlyOnce", testIdempotencyBatchConcurrent},
+		{"Idempotency/ClaimAllExpiry", testIdempotencyBatchExpiry},
+		{"Idempotency/ClaimAllInvalid", testIdempotencyBatchInvalid},
 		{"MessageIndex/Normalisation", testMessageIndexNormalisation},
 		{"MessageIndex/OverwriteAndMissing", testMessageIndexOverwrite},
 		{"MessageIndex/Expiry", testMessageIndexExpiry},
@@ -1041,6 +1045,206 @@ func testIdempotencyInvalid(t *testing.T, s sitestate.Store) {
 	}
 }
 
+// testIdempotencyBatch: ClaimAll means Claim of each key in order, SeenAll
+// Seen of each, and both agree with the one-key calls.
+func testIdempotencyBatch(t *testing.T, s sitestate.Store) {
+	ctx, id := ctxFor(t), s.Idempotency()
+	claimAll := func(keys []string, want ...bool) {
+		t.Helper()
+		got, err := id.ClaimAll(ctx, keys, time.Hour)
+		must(t, err)
+		if !slices.Equal(got, want) {
+			t.Errorf("ClaimAll(%q) = %v, want %v", keys, got, want)
+		}
+	}
+	seenAll := func(keys []string, want ...bool) {
+		t.Helper()
+		got, err := id.SeenAll(ctx, keys)
+		must(t, err)
+		if !slices.Equal(got, want) {
+			t.Errorf("SeenAll(%q) = %v, want %v", keys, got, want)
+		}
+	}
+	for _, empty := range [][]string{nil, {}} {
+		got, err := id.ClaimAll(ctx, empty, time.Hour)
+		if err != nil || len(got) != 0 {
+			t.Errorf("ClaimAll(%#v) = %v, %v; want an empty result", empty, got, err)
+		}
+		got, err = id.SeenAll(ctx, empty)
+		if err != nil || len(got) != 0 {
+			t.Errorf("SeenAll(%#v) = %v, %v; want an empty result", empty, got, err)
+		}
+	}
+
+	seenAll([]string{"a", "b"}, false, false)
+	// A key listed twice is claimed at its first place only.
+	claimAll([]string{"a", "b", "a"}, true, true, false)
+	seenAll([]string{"a", "x", "b"}, true, false, true)
+	// Keys set by Claim count for ClaimAll and the other way round.
+	if ok, err := id.Claim(ctx, "c", time.Hour); err != nil || !ok {
+		t.Fatalf("Claim(c) = %v, %v", ok, err)
+	}
+	claimAll([]string{"c", "d", "a"}, false, true, false)
+	if ok, err := id.Claim(ctx, "d", time.Hour); err != nil || ok {
+		t.Errorf("Claim(d) after ClaimAll set it = %v, %v; want false", ok, err)
+	}
+	for _, k := range []string{"a", "b", "c", "d"} {
+		if seen, err := id.Seen(ctx, k); err != nil || !seen {
+			t.Errorf("Seen(%s) = %v, %v; want true", k, seen, err)
+		}
+	}
+	// Forget frees one key of a batch.
+	must(t, id.Forget(ctx, "b"))
+	seenAll([]string{"a", "b", "c", "d"}, true, false, true, true)
+	claimAll([]string{"a", "b", "c", "d"}, false, true, false, false)
+
+	// A large batch (more than one statement's worth of keys).
+	const n = 1200
+	var keys []string
+	var want []bool
+	for i := range n {
+		keys = append(keys, fmt.Sprintf("big:%04d", i))
+		want = append(want, i%3 != 0)
+	}
+	var first []string
+	for i := 0; i < n; i += 3 {
+		first = append(first, keys[i])
+	}
+	got, err := id.ClaimAll(ctx, first, time.Hour)
+	must(t, err)
+	if len(got) != len(first) || slices.Contains(got, false) {
+		t.Fatalf("ClaimAll of %d new keys: %d results, %d true", len(first), len(got), count(got))
+	}
+	got, err = id.SeenAll(ctx, keys)
+	must(t, err)
+	if want := invert(want); !slices.Equal(got, want) {
+		t.Errorf("SeenAll of %d keys, every third set: %d seen, want %d", n, count(got), count(want))
+	}
+	claimAll(keys, want...)
+	got, err = id.SeenAll(ctx, keys)
+	must(t, err)
+	if count(got) != n {
+		t.Errorf("SeenAll after claiming all %d keys: %d seen", n, count(got))
+	}
+}
+
+func count(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
+func invert(bs []bool) []bool {
+	out := make([]bool, len(bs))
+	for i, b := range bs {
+		out[i] = !b
+	}
+	return out
+}
+
+// testIdempotencyBatchConcurrent: batches over overlapping keys, in
+// different orders, racing single claims: every key is won exactly once.
+func testIdempotencyBatchConcurrent(t *testing.T, s sitestate.Store) {
+	ctx, id := ctxFor(t), s.Idempotency()
+	keys := []string{"k1", "k2", "k3", "k4", "k5"}
+	const n = 24
+	var mu sync.Mutex
+	wins := map[string]int{}
+	var wg sync.WaitGroup
+	for g := range n {
+		wg.Go(func() {
+			if g%4 == 3 {
+				k := keys[g%len(keys)]
+				ok, err := id.Claim(ctx, k, time.Minute)
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					mu.Lock()
+					wins[k]++
+					mu.Unlock()
+				}
+				return
+			}
+			// A rotation of the keys, with one listed twice.
+			batch := append(slices.Clone(keys[g%len(keys):]), keys[:g%len(keys)]...)
+			batch = append(batch, batch[0])
+			got, err := id.ClaimAll(ctx, batch, time.Minute)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got[len(got)-1] {
+				t.Errorf("ClaimAll(%q) claimed the repeated key %s twice", batch, batch[0])
+			}
+			mu.Lock()
+			for i, ok := range got {
+				if ok {
+					wins[batch[i]]++
+				}
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for _, k := range keys {
+		if wins[k] != 1 {
+			t.Errorf("%s was won %d times by %d concurrent claims, want exactly once", k, wins[k], n)
+		}
+	}
+}
+
+// testIdempotencyBatchExpiry: keys set by ClaimAll expire with their ttl,
+// and ClaimAll takes over expired keys next to live ones.
+func testIdempotencyBatchExpiry(t *testing.T, s sitestate.Store) {
+	ctx, id := ctxFor(t), s.Idempotency()
+	got, err := id.ClaimAll(ctx, []string{"short1", "short2"}, 100*time.Millisecond)
+	must(t, err)
+	if !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("first ClaimAll = %v", got)
+	}
+	if ok, err := id.Claim(ctx, "long", time.Hour); err != nil || !ok {
+		t.Fatalf("Claim(long) = %v, %v", ok, err)
+	}
+	eventually(t, "short keys expire", func() (bool, error) {
+		seen, err := id.SeenAll(ctx, []string{"short1", "short2"})
+		return err == nil && !seen[0] && !seen[1], err
+	})
+	got, err = id.ClaimAll(ctx, []string{"short1", "long", "short2"}, time.Hour)
+	must(t, err)
+	if !slices.Equal(got, []bool{true, false, true}) {
+		t.Errorf("ClaimAll(expired, live, expired) = %v, want [true false true]", got)
+	}
+	seen, err := id.SeenAll(ctx, []string{"short1", "long", "short2"})
+	must(t, err)
+	if !slices.Equal(seen, []bool{true, true, true}) {
+		t.Errorf("SeenAll after re-claiming = %v, want all true", seen)
+	}
+}
+
+// testIdempotencyBatchInvalid: one bad key or a bad ttl fails the whole
+// batch with ErrInvalid, and nothing of it is set.
+func testIdempotencyBatchInvalid(t *testing.T, s sitestate.Store) {
+	ctx, id := ctxFor(t), s.Idempotency()
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		_, err := id.ClaimAll(ctx, []string{"k"}, ttl)
+		wantInvalid(t, fmt.Sprintf("ClaimAll with ttl %v", ttl), err)
+	}
+	_, err := id.ClaimAll(ctx, []string{"k", ""}, time.Hour)
+	wantInvalid(t, "ClaimAll with an empty key", err)
+	_, err = id.ClaimAll(ctx, []string{"k", "bad\xff"}, time.Hour)
+	wantInvalid(t, "ClaimAll with a key that is not UTF-8", err)
+	_, err = id.SeenAll(ctx, []string{"k", ""})
+	wantInvalid(t, "SeenAll with an empty key", err)
+	if seen, err := id.Seen(ctx, "k"); err != nil || seen {
+		t.Errorf("an invalid ClaimAll set a key of its batch: %v, %v", seen, err)
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Message-ID index
 
@@ -1244,5 +1448,11 @@ func testPingClose(t *testing.T, s sitestate.Store) {
 	}
 	if _, err := s.Idempotency().Claim(ctx, "k", time.Second); err == nil {
 		t.Error("Claim after Close succeeded")
+	}
+	if _, err := s.Idempotency().ClaimAll(ctx, []string{"k", "l"}, time.Second); err == nil {
+		t.Error("ClaimAll after Close succeeded")
+	}
+	if _, err := s.Idempotency().SeenAll(ctx, []string{"k", "l"}); err == nil {
+		t.Error("SeenAll after Close succeeded")
 	}
 }

@@ -116,13 +116,17 @@ func (d *dedup) lostClaim(ctx context.Context, src, m string) (verdict, error) {
 	return pending, err
 }
 
-// published records that the copy for rcpt was published, so that the
-// copies waiting for it are dropped.
-func (d *dedup) published(ctx context.Context, msgid, rcpt string) error {
-	if !d.enabled(msgid) {
+// published records that the copies for rcpts were published, so that the
+// copies waiting for them are dropped: one ClaimAll for all of them.
+func (d *dedup) published(ctx context.Context, msgid string, rcpts ...string) error {
+	if !d.enabled(msgid) || len(rcpts) == 0 {
 		return nil
 	}
-	if _, err := d.idem.Claim(ctx, "fetch-dup-pub:"+msgid+":"+rcpt, d.window); err != nil {
+	keys := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		keys[i] = "fetch-dup-pub:" + msgid + ":" + r
+	}
+	if _, err := d.idem.ClaimAll(ctx, keys, d.window); err != nil {
 		return fmt.Errorf("duplicate check: recording the publish: %w", err)
 	}
 	return nil

@@ -410,6 +410,15 @@ func TestDedupClaims(t *testing.T) {
 	mustNoErr(t, "claim", err)
 	check("c1", "u1", "t", keep)
 	check("c2", "u2", "t", pending)
+	// One publish of several recipients releases the copies waiting for each.
+	for _, r := range []string{"p1", "p2", "p3"} {
+		check("d1", "u1", r, keep)
+		check("d2", "u2", r, pending)
+	}
+	mustNoErr(t, "published", d.published(ctx, "m@x", "p1", "p3"))
+	check("d2", "u2", "p1", drop)
+	check("d2", "u2", "p2", pending)
+	check("d2", "u2", "p3", drop)
 	// No Message-ID, or a zero window: no suppression.
 	if v, _ := d.check(ctx, "a9", "u9", "", "r"); v != keep {
 		t.Error("a message without Message-ID was suppressed")

@@ -630,10 +630,8 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 				return s.fail(KindState, err)
 			}
 		}
-		for _, r := range p.rcpts {
-			if err := d.dup.published(ctx, it.hdr.messageID, r); err != nil {
-				return s.fail(KindState, err)
-			}
+		if err := d.dup.published(ctx, it.hdr.messageID, p.rcpts...); err != nil {
+			return s.fail(KindState, err)
 		}
 		h := sitestate.Handoff{MessageID: it.hdr.messageID, Recipients: p.rcpts, At: p.rec.ReceivedAt}
 		if _, _, err := d.opts.Ledger.RecordHandoff(ctx, a.ID, it.info.UID, h); err != nil {
