@@ -9,10 +9,13 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/api/events"
@@ -30,10 +33,15 @@ const (
 	UnknownPostmaster = string(routing.UnknownPostmaster)
 )
 
+// DefaultConsumers is the default of Config.Consumers: as many as the bus
+// gives each topic partitions by default (bus.partitions).
+const DefaultConsumers = 3
+
 // Config is the router's own configuration (the shared part is app.Common).
 type Config struct {
 	HTTP              opshttp.Config `yaml:"http" doc:"side server of the router: /healthz, /readyz, /metrics"`
 	ConsumerGroup     string         `yaml:"consumer_group" doc:"Kafka consumer group of this site's routers (every router process of the site uses the same one, and they share the partitions of mail.inbound); empty: postern-<site>-router"`
+	Consumers         int            `yaml:"consumers" doc:"consumers of mail.inbound in this process, all in consumer_group; records of different partitions are routed in parallel, so more than bus.partitions (counting every router process of the site) only adds idle consumers"`
 	UnknownRecipients string         `yaml:"unknown_recipients" doc:"mail for an address in the organisation's domains that nobody owns: bounce (refused, and the sender gets a DSN) or postmaster (delivered to the postmaster address)"`
 	Postmaster        string         `yaml:"postmaster" doc:"the postmaster's address: receives mail for unknown recipients with unknown_recipients: postmaster (a user's, group's or shared mailbox's address), and is the From: of the bounces the router writes; empty: postmaster@<reporting_mta>"`
 	MaxHops           int            `yaml:"max_hops" doc:"most Received header fields a message may carry; one more is a mail loop and the message is dead-lettered"`
@@ -46,6 +54,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		HTTP:              opshttp.Config{Listen: "127.0.0.1:9182"},
+		Consumers:         DefaultConsumers,
 		UnknownRecipients: UnknownBounce,
 		MaxHops:           routing.DefaultMaxHops,
 		MessageIDTTL:      routing.DefaultMessageIDTTL,
@@ -69,6 +78,9 @@ func (c Config) Validate() error {
 		if _, err := routing.ParseAddress(c.Postmaster); err != nil {
 			errs = append(errs, config.Errorf("postmaster", "%q is not a mail address", c.Postmaster))
 		}
+	}
+	if c.Consumers < 1 {
+		errs = append(errs, config.Errorf("consumers", "must be at least 1, got %d", c.Consumers))
 	}
 	if c.MaxHops < 1 {
 		errs = append(errs, config.Errorf("max_hops", "must be at least 1, got %d", c.MaxHops))
@@ -174,15 +186,45 @@ func (s *Service) Checks() []opshttp.Check {
 	return append(s.rt.BusCheck(), s.rt.StateCheck()...)
 }
 
-// Run waits until the directory replica has been synced once, then consumes
-// mail.inbound until ctx is cancelled. A record in flight when ctx is
-// cancelled is not committed: it is delivered again.
+// Run waits until the directory replica has been synced once, then runs
+// Config.Consumers consumers of mail.inbound in the router's group until
+// ctx is cancelled; the records of different partitions are routed in
+// parallel. A record in flight when ctx is cancelled is not committed: it
+// is delivered again. If one consumer fails, the others are stopped and Run
+// returns the error.
 func (s *Service) Run(ctx context.Context) error {
 	if !s.waitForDirectory(ctx) {
 		return nil
 	}
-	s.log.Info("router consuming", "topic", s.rt.Bus.Topic(events.TopicInbound), "group", s.group)
-	return s.rt.Bus.Consume(ctx, s.pipe.Subscription(s.group))
+	s.log.Info("router consuming", "topic", s.rt.Bus.Topic(events.TopicInbound), "group", s.group, "consumers", s.cfg.Consumers)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+		cancel()
+	}
+	for i := range s.cfg.Consumers {
+		wg.Go(func() {
+			defer func() {
+				if p := recover(); p != nil {
+					s.log.Error("router consumer panicked", slog.Int("consumer", i+1), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+					fail(fmt.Errorf("router: consumer %d of %d panicked: %v", i+1, s.cfg.Consumers, p))
+				}
+			}()
+			if err := s.rt.Bus.Consume(ctx, s.pipe.Subscription(s.group)); err != nil {
+				fail(fmt.Errorf("router: consumer %d of %d: %w", i+1, s.cfg.Consumers, err))
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // directoryWaitLog is how often the router says it waits for the first

@@ -8,9 +8,12 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/postern/postern/api/events"
 	"github.com/postern/postern/internal/app"
@@ -32,8 +35,9 @@ func TestConfigValidateNamesEveryBadKey(t *testing.T) {
 	c.IdempotencyTTL = 0
 	c.ReportingMTA = "mx example"
 	c.ConsumerGroup = "a b"
+	c.Consumers = 0
 	keys := config.Keys(config.Validate(&c))
-	for _, want := range []string{"unknown_recipients", "max_hops", "message_id_ttl", "idempotency_ttl", "reporting_mta", "consumer_group"} {
+	for _, want := range []string{"unknown_recipients", "max_hops", "message_id_ttl", "idempotency_ttl", "reporting_mta", "consumer_group", "consumers"} {
 		if !slices.Contains(keys, want) {
 			t.Errorf("no error for %s; got %v", want, keys)
 		}
@@ -143,5 +147,114 @@ func TestServiceWaitsForTheDirectoryThenRoutes(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+// TestServiceParallelConsumers: with consumers: 3 the router runs three
+// members of its group, each owning partitions of mail.inbound, and every
+// record is routed once, with its delivery id.
+func TestServiceParallelConsumers(t *testing.T) {
+	const n = 90
+	rt := startRuntime(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	site, _ := json.Marshal(map[string]any{"id": "hq", "name": "hq", "domains": []string{"example.com"}})
+	alice, _ := json.Marshal(map[string]any{"id": "u-alice", "username": "alice", "primary_address": "alice@example.com", "site": "hq",
+		"enabled": true, "permissions": map[string]bool{"internet_receive": true}})
+	err := rt.State.Directory().Apply(ctx, sitestate.ChangeSet{Snapshot: true, Cursor: "1", Put: []sitestate.Entry{
+		{Kind: replica.KindSite, ID: "hq", Version: 1, Data: site, Keys: []string{"example.com"}},
+		{Kind: replica.KindUser, ID: "u-alice", Version: 1, Data: alice, Keys: []string{"alice", "alice@example.com"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ReportingMTA = "mx.example.com"
+	if cfg.Consumers != 3 {
+		t.Fatalf("default consumers = %d, want 3 (bus.partitions' default)", cfg.Consumers)
+	}
+	if p := rt.Bus.Config().Partitions; p != 3 {
+		t.Fatalf("the bus creates %d partitions per topic, this test needs 3", p)
+	}
+	svc, err := New(cfg, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return within 30s of cancel")
+		}
+	})
+
+	// The group settles with three members, one partition each.
+	c := &kafka.Client{Addr: kafka.TCP(rt.Bus.Config().Brokers...), Timeout: 10 * time.Second}
+	wire := rt.Bus.Topic(events.TopicInbound)
+	var owners map[string][]int
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		owners = map[string][]int{}
+		resp, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{svc.group}})
+		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].GroupState == "Stable" {
+			for _, m := range resp.Groups[0].Members {
+				for _, a := range m.MemberAssignments.Topics {
+					if a.Topic == wire {
+						owners[m.MemberID] = append(owners[m.MemberID], a.Partitions...)
+					}
+				}
+			}
+		}
+		if len(owners) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the group %s has not settled with 3 members owning partitions of %s in 45s: %v (last error %v)", svc.group, wire, owners, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for m, ps := range owners {
+		if len(ps) != 1 {
+			t.Errorf("member %s owns partitions %v, want one", m, ps)
+		}
+	}
+
+	var msgs []msgbus.Message
+	want := map[string]bool{}
+	for i := range n {
+		id := "p" + strconv.Itoa(i)
+		in := events.Inbound{ID: id, Site: "hq", MailFrom: "c@customer.net", Recipients: []string{"alice@example.com"},
+			Source: events.Source{Kind: events.SourceSMTP, SMTPSession: "x" + id}, ReceivedAt: time.Now().UTC(),
+			Message: []byte("From: c@customer.net\r\nSubject: " + id + "\r\n\r\nhello\r\n")}
+		rec, err := in.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, msgbus.NewMessage(events.TopicInbound, rec)) // keyed by id: spread over the partitions
+		want[id+":local:u-alice"] = true
+	}
+	if err := rt.Bus.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, r := range testenv.Collect(t, rt.Bus, events.TopicDelivery, n, 45*time.Second) {
+		d, err := events.DecodeDelivery(r.Event())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[d.ID]++
+	}
+	for id := range want {
+		if got[id] != 1 {
+			t.Errorf("delivery %s published %d times, want once", id, got[id])
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d distinct deliveries, want %d", len(got), len(want))
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,18 +26,23 @@ import (
 // an outbound recipient and a local one from an authenticated user; a
 // shared mailbox (manager and staff); a group-like fan-out of three users.
 // The site state is SQLite (single box) or Redis (a site deployment;
-// POSTERN_TEST_REDIS_ADDR).
+// POSTERN_TEST_REDIS_ADDR). consumers=1 is one consumer loop;
+// consumers=3 is what the router runs by default (router.consumers, one
+// per partition of mail.inbound), the time including the group's
+// rebalances as the three join.
 func BenchmarkThroughput(b *testing.B) {
 	for _, state := range []string{"sqlite", "redis"} {
-		for _, size := range []int{4 << 10, 40 << 10} {
-			b.Run(fmt.Sprintf("state=%s/%dKiB", state, size>>10), func(b *testing.B) {
-				benchThroughput(b, state, size)
-			})
+		for _, consumers := range []int{1, 3} {
+			for _, size := range []int{4 << 10, 40 << 10} {
+				b.Run(fmt.Sprintf("state=%s/consumers=%d/%dKiB", state, consumers, size>>10), func(b *testing.B) {
+					benchThroughput(b, state, consumers, size)
+				})
+			}
 		}
 	}
 }
 
-func benchThroughput(b *testing.B, state string, size int) {
+func benchThroughput(b *testing.B, state string, consumers, size int) {
 	ctx := context.Background()
 	bus := testenv.Bus(b)
 	var st sitestate.Store
@@ -75,24 +80,41 @@ func benchThroughput(b *testing.B, state string, size int) {
 		msgs = msgs[n:]
 	}
 
-	var handled atomic.Int64
+	// Records handled, each counted once (a rebalance may hand one to two
+	// consumers).
+	var (
+		mu      sync.Mutex
+		handled = map[string]bool{}
+	)
 	done := make(chan struct{})
 	sub := p.Subscription("bench")
 	sub.AfterPublish = func(ctx context.Context, rec msgbus.Record, published []msgbus.Message) error {
 		err := p.AfterPublish(ctx, rec, published)
-		if err == nil && handled.Add(1) == int64(b.N) {
-			close(done)
+		if err == nil {
+			mu.Lock()
+			k := partitionKey(rec) + "/" + strconv.FormatInt(rec.Offset, 10)
+			if !handled[k] {
+				handled[k] = true
+				if len(handled) == b.N {
+					close(done)
+				}
+			}
+			mu.Unlock()
 		}
 		return err
 	}
 	b.SetBytes(int64(size))
 	b.ResetTimer()
 	start := time.Now()
-	consume(b, bus, sub)
+	for range consumers {
+		consume(b, bus, sub)
+	}
 	select {
 	case <-done:
 	case <-time.After(10 * time.Minute):
-		b.Fatalf("only %d of %d records handled in 10 minutes", handled.Load(), b.N)
+		mu.Lock()
+		defer mu.Unlock()
+		b.Fatalf("only %d of %d records handled in 10 minutes", len(handled), b.N)
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()

@@ -118,7 +118,12 @@ type Pipeline struct {
 	// pending holds, per wire topic and partition, the Message-IDs the
 	// record being handled there must record once its outputs are
 	// published. A consumer handles one record of a partition at a time,
-	// so one entry per partition is enough (and bounds the map).
+	// and a partition belongs to one consumer of the group, so one entry
+	// per partition is enough (and bounds the map). During a rebalance two
+	// consumers of this process may briefly handle the same record: they
+	// set the same entry, and whichever AfterPublish takes it records the
+	// Message-IDs (a later record of the partition is only set by a
+	// consumer that finished this one).
 	pending map[string]pendingIDs
 }
 
@@ -198,18 +203,15 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 		return nil, msgbus.Permanent(fmt.Errorf("message %s not routed: %s", in.ID, dec.DeadLetter))
 	}
 
-	var outs []msgbus.Message
-	fresh := 0
-	add := func(key, topic string, r events.Record) error {
-		seen, err := p.keys.Seen(ctx, key)
-		if err != nil {
-			return fmt.Errorf("idempotency key %s: %w", key, err)
-		}
-		if !seen {
-			outs = append(outs, msgbus.NewMessage(topic, r))
-			fresh++
-		}
-		return nil
+	// Every output with its key; those whose key is set were published
+	// before and are left out, checked in one read.
+	var (
+		keys   []string
+		topics []string
+		recs   []events.Record
+	)
+	add := func(key, topic string, r events.Record) {
+		keys, topics, recs = append(keys, key), append(topics, topic), append(recs, r)
 	}
 	for _, d := range dec.Deliveries {
 		r, err := d.Encode()
@@ -217,10 +219,7 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 			p.inst.result(ctx, ResultDeadLetter)
 			return nil, msgbus.Permanent(fmt.Errorf("message %s: delivery %s: %w", in.ID, d.ID, err))
 		}
-		if err := add(deliveryKey(d.ID), events.TopicDelivery, r); err != nil {
-			p.inst.result(ctx, ResultRetry)
-			return nil, err
-		}
+		add(deliveryKey(d.ID), events.TopicDelivery, r)
 	}
 	statuses, err := p.statuses(in, dec.Rejections)
 	if err != nil {
@@ -228,10 +227,7 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 		return nil, msgbus.Permanent(err)
 	}
 	for i, s := range statuses {
-		if err := add(statusKey(in.ID, dec.Rejections[i].Recipient), events.TopicStatus, s); err != nil {
-			p.inst.result(ctx, ResultRetry)
-			return nil, err
-		}
+		add(statusKey(in.ID, dec.Rejections[i].Recipient), events.TopicStatus, s)
 	}
 	bounce, err := p.bounce(in, dec.Rejections)
 	if err != nil {
@@ -239,16 +235,28 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 		return nil, msgbus.Permanent(fmt.Errorf("message %s: writing the bounce to %s: %w", in.ID, in.MailFrom, err))
 	}
 	if bounce != nil {
-		if err := add(dsnKey(bounce.ID), events.TopicInbound, mustEncode(bounce)); err != nil {
-			p.inst.result(ctx, ResultRetry)
-			return nil, err
+		add(dsnKey(bounce.ID), events.TopicInbound, mustEncode(bounce))
+	}
+	seen, err := p.keys.SeenAll(ctx, keys)
+	switch {
+	case errors.Is(err, sitestate.ErrInvalid):
+		p.inst.result(ctx, ResultDeadLetter)
+		return nil, msgbus.Permanent(fmt.Errorf("message %s: its outputs cannot have idempotency keys: %w", in.ID, err))
+	case err != nil:
+		p.inst.result(ctx, ResultRetry)
+		return nil, fmt.Errorf("message %s: reading the idempotency keys of its %d outputs: %w", in.ID, len(keys), err)
+	}
+	var outs []msgbus.Message
+	for i := range keys {
+		if !seen[i] {
+			outs = append(outs, msgbus.NewMessage(topics[i], recs[i]))
 		}
 	}
 
 	p.setPending(rec, dec.RecordMessageIDs)
 	result := ResultRouted
 	switch {
-	case fresh == 0 && (len(dec.Deliveries) > 0 || len(dec.Rejections) > 0):
+	case len(outs) == 0 && (len(dec.Deliveries) > 0 || len(dec.Rejections) > 0):
 		result = ResultDuplicate
 	case len(dec.Deliveries) == 0:
 		result = ResultRejected
@@ -276,25 +284,28 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 
 // AfterPublish runs once the outputs of rec are acknowledged and before rec
 // is committed: it sets the idempotency key of every published output and
-// stores the Message-IDs routing asked to record. An error is temporary
-// (the bus retries it).
+// stores the Message-IDs routing asked to record. The keys are set in one
+// Idempotency.ClaimAll call. An error is temporary (the bus retries it).
 func (p *Pipeline) AfterPublish(ctx context.Context, rec msgbus.Record, published []msgbus.Message) error {
 	deliveries := map[string]int64{}
 	rejections := int64(0)
+	var keys []string
 	for _, m := range published {
 		key, dest := keyOf(m)
 		if key == "" {
 			continue
 		}
-		if _, err := p.keys.Claim(ctx, key, p.ttl); err != nil {
-			return fmt.Errorf("setting idempotency key %s: %w", key, err)
-		}
+		keys = append(keys, key)
 		switch {
 		case m.Topic == events.TopicDelivery:
 			deliveries[dest]++
 		case m.Topic == events.TopicStatus:
 			rejections++
 		}
+	}
+	// One call (one transaction, one fsync on SQLite) for all the keys.
+	if _, err := p.keys.ClaimAll(ctx, keys, p.ttl); err != nil {
+		return fmt.Errorf("setting the idempotency keys of %d published outputs: %w", len(keys), err)
 	}
 	for _, r := range p.takePending(rec) {
 		err := p.index.Put(ctx, r.MessageID, r.Record, r.TTL)
