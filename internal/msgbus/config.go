@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/api/events"
 
+	"github.com/postern/postern/internal/backoff"
 	"github.com/postern/postern/internal/config"
 )
 
@@ -192,17 +193,7 @@ func (r RetryConfig) Backoff(n int) time.Duration {
 }
 
 func (r RetryConfig) backoff(n int, u float64) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	maxD := float64(r.Max)
-	d := float64(r.Initial) * math.Pow(r.Multiplier, float64(n-1))
-	if math.IsNaN(d) || d > maxD {
-		d = maxD
-	}
-	d *= 1 + r.Jitter*(2*u-1)
-	d = math.Max(0, math.Min(d, maxD))
-	return time.Duration(d)
+	return min(backoff.Jitter(backoff.Exp(r.Initial, r.Max, r.Multiplier, n), r.Jitter, u), r.Max)
 }
 
 func validateHostPort(s string) error {

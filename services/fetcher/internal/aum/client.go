@@ -35,6 +35,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/postern/postern/api/usersclient"
+	"github.com/postern/postern/internal/backoff"
 	"github.com/postern/postern/internal/sitestate"
 )
 
@@ -194,7 +195,7 @@ func (c *Client) BeforeCycle(ctx context.Context) error {
 // with jitter while the users service fails. It returns nil when ctx is
 // cancelled.
 func (c *Client) Run(ctx context.Context) error {
-	delay := backoffInitial
+	failures := 0
 	for {
 		n, err := c.poll(ctx)
 		if ctx.Err() != nil {
@@ -204,13 +205,13 @@ func (c *Client) Run(ctx context.Context) error {
 		wait := time.Duration(0)
 		switch {
 		case err != nil:
-			wait = jitter(delay)
-			delay = min(time.Duration(float64(delay)*backoffMultiplier), backoffMax)
+			failures++
+			wait = backoff.Jitter(backoff.Exp(backoffInitial, backoffMax, backoffMultiplier, failures), backoffJitter, rand.Float64())
 		case n == 0:
-			delay = backoffInitial
+			failures = 0
 			wait = idlePause
 		default:
-			delay = backoffInitial
+			failures = 0
 		}
 		if wait > 0 {
 			t := time.NewTimer(wait)
@@ -471,10 +472,4 @@ func (c *Client) observe(ctx context.Context, err error) {
 	} else {
 		c.log.Warn("directory sync failed: download cycles go on with the last replica", attrs...)
 	}
-}
-
-// jitter spreads d by ±backoffJitter.
-func jitter(d time.Duration) time.Duration {
-	f := 1 + backoffJitter*(2*rand.Float64()-1)
-	return time.Duration(float64(d) * f)
 }

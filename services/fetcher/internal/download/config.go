@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/postern/postern/internal/backoff"
 	"github.com/postern/postern/internal/config"
 )
 
@@ -105,24 +106,8 @@ func (b Backoff) validate(prefix string) []error {
 	return errs
 }
 
-// delay returns the wait after failure n (from 1), before jitter, in
-// floating point so that a large n neither overflows nor wraps.
-func (b Backoff) delay(n int) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := float64(b.Initial) * math.Pow(b.Multiplier, float64(n-1))
-	if d > float64(b.Max) || math.IsInf(d, 0) || math.IsNaN(d) {
-		return b.Max
-	}
-	return time.Duration(d)
-}
+// delay returns the wait after failure n (from 1), before jitter.
+func (b Backoff) delay(n int) time.Duration { return backoff.Exp(b.Initial, b.Max, b.Multiplier, n) }
 
 // jitter spreads d by ±j (a fraction of d).
-func jitter(d time.Duration, j float64) time.Duration {
-	if j <= 0 || d <= 0 {
-		return d
-	}
-	f := 1 + j*(2*rand.Float64()-1)
-	return time.Duration(float64(d) * f)
-}
+func jitter(d time.Duration, j float64) time.Duration { return backoff.Jitter(d, j, rand.Float64()) }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/backoff"
 	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/services/relay/internal/smtpout"
 )
@@ -203,13 +204,7 @@ func (r RetryConfig) tiersNeeded() int {
 func (r RetryConfig) Tiers() int { return min(r.tiersNeeded(), events.MaxRetryTiers) }
 
 // TierDelay is the wait of tier i: base·factorⁱ capped at cap.
-func (r RetryConfig) TierDelay(i int) time.Duration {
-	d := float64(r.Base) * math.Pow(r.Factor, float64(i))
-	if math.IsNaN(d) || d > float64(r.Cap) {
-		d = float64(r.Cap)
-	}
-	return time.Duration(d)
-}
+func (r RetryConfig) TierDelay(i int) time.Duration { return backoff.Exp(r.Base, r.Cap, r.Factor, i+1) }
 
 // Tier is the tier of the wait after failed attempt n (from 1).
 func (r RetryConfig) Tier(n int) int { return min(max(n-1, 0), r.Tiers()-1) }
@@ -217,9 +212,7 @@ func (r RetryConfig) Tier(n int) int { return min(max(n-1, 0), r.Tiers()-1) }
 // Delay is the wait after failed attempt n (from 1): the tier's wait spread
 // by ±jitter (u is a uniform random number in [0,1)), capped at cap.
 func (r RetryConfig) Delay(n int, u float64) time.Duration {
-	d := float64(r.TierDelay(r.Tier(n)))
-	d *= 1 + r.Jitter*(2*u-1)
-	return time.Duration(math.Max(0, math.Min(d, float64(r.Cap))))
+	return min(backoff.Jitter(r.TierDelay(r.Tier(n)), r.Jitter, u), r.Cap)
 }
 
 // Validate checks a smarthost. An empty host is valid (no smarthost).
@@ -303,22 +296,4 @@ func (s SiteTLS) Validate() error {
 }
 
 // validHost accepts a DNS name or an IP address (no port).
-func validHost(h string) bool {
-	if net.ParseIP(h) != nil {
-		return true
-	}
-	if len(h) > 253 || h == "" {
-		return false
-	}
-	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func validHost(h string) bool { return net.ParseIP(h) != nil || config.IsHostname(h) }
