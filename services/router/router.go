@@ -91,28 +91,13 @@ func (c Config) Validate() error {
 	if c.IdempotencyTTL < time.Hour {
 		errs = append(errs, config.Errorf("idempotency_ttl", "must be at least 1h, got %s", c.IdempotencyTTL))
 	}
-	if c.ReportingMTA != "" && !hostName(c.ReportingMTA) {
+	if c.ReportingMTA != "" && !config.IsHostname(c.ReportingMTA) {
 		errs = append(errs, config.Errorf("reporting_mta", "%q is not a host name", c.ReportingMTA))
 	}
 	if strings.ContainsAny(c.ConsumerGroup, " \t\r\n") {
 		errs = append(errs, config.Errorf("consumer_group", "%q contains white space", c.ConsumerGroup))
 	}
 	return config.Join(errs...)
-}
-
-// hostName reports whether s looks like a DNS host name.
-func hostName(s string) bool {
-	if len(s) > 253 || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
-		return false
-	}
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '.':
-		default:
-			return false
-		}
-	}
-	return s != ""
 }
 
 // Needs is what the router needs from the shared runtime.
@@ -142,7 +127,7 @@ func New(cfg Config, rt *app.Runtime) (*Service, error) {
 	mta := cfg.ReportingMTA
 	if mta == "" {
 		h, err := os.Hostname()
-		if err != nil || !hostName(h) {
+		if err != nil || !config.IsHostname(h) {
 			h = "localhost"
 		}
 		mta = h

@@ -107,7 +107,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	add := func(key, format string, args ...any) { errs = append(errs, config.Errorf(key, format, args...)) }
-	if c.Hostname != "" && !validHostname(c.Hostname) {
+	if c.Hostname != "" && !config.IsHostname(c.Hostname) {
 		add("hostname", "%q is not a host name", c.Hostname)
 	}
 	listeners := []struct {
@@ -208,23 +208,4 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil
-}
-
-// validHostname reports whether s is a DNS host name: dot-separated labels
-// of letters, digits and inner dashes, at most 253 characters.
-func validHostname(s string) bool {
-	if len(s) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return false
-			}
-		}
-	}
-	return true
 }

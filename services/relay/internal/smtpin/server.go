@@ -69,6 +69,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/msgbus"
 	"github.com/postern/postern/internal/replica"
 	"github.com/postern/postern/internal/sitestate"
@@ -176,7 +177,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if s.hostname == "" {
 		h, err := os.Hostname()
-		if err != nil || !validHostname(h) {
+		if err != nil || !config.IsHostname(h) {
 			h = "localhost"
 		}
 		s.hostname = h
