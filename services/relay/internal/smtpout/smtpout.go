@@ -321,7 +321,7 @@ func setupFailure(err error) Result {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		r.Code, r.Text = se.Code, se.Message
-		r.Status = enhanced(se)
+		r.Status = EnhancedStatus(se)
 	}
 	var ce *causeError
 	if errors.As(err, &ce) && strings.Contains(ce.public, "TLS") {
@@ -330,8 +330,9 @@ func setupFailure(err error) Result {
 	return r // temporary whatever the code
 }
 
-// enhanced returns the reply's enhanced status code, or class.0.0.
-func enhanced(se *smtp.SMTPError) string {
+// EnhancedStatus returns the reply's enhanced status code (RFC 3463), or
+// class.0.0 when it has none.
+func EnhancedStatus(se *smtp.SMTPError) string {
 	e := se.EnhancedCode
 	if e != smtp.EnhancedCodeNotSet && e != smtp.NoEnhancedCode && e[0] >= 2 && e[0] <= 5 {
 		return fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2])
@@ -588,7 +589,7 @@ func (p *Pool) transact(ctx context.Context, s *session, reused bool, from strin
 		if !errors.As(err, &se) {
 			return interrupted(err), false
 		}
-		r := Result{Code: se.Code, Text: se.Message, Status: enhanced(se), Err: err, Permanent: se.Code >= 500 && se.Code < 600}
+		r := Result{Code: se.Code, Text: se.Message, Status: EnhancedStatus(se), Err: err, Permanent: se.Code >= 500 && se.Code < 600}
 		return r, se.Code != 421
 	}
 
