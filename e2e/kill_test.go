@@ -147,8 +147,13 @@ func TestKillDuringDelivery(t *testing.T) {
 		Config: map[string]any{
 			"relay.delivery.smarthost.max_sessions": maxSessions,
 			"relay.delivery.retry.base":             "500ms",
-			"relay.delivery.retry.cap":              "2s",
-			"relay.delivery.retry.max_lifetime":     "1h",
+			// A send cut by SIGKILL leaves its lease ("sending:" key) for
+			// dial + 4·command + data timeouts: keep that short here.
+			"relay.delivery.dial_timeout":       "2s",
+			"relay.delivery.command_timeout":    "2s",
+			"relay.delivery.data_timeout":       "4s",
+			"relay.delivery.retry.cap":          "2s",
+			"relay.delivery.retry.max_lifetime": "1h",
 		},
 	}, people...)
 	// A smarthost that takes its time, so that the kills find messages on
@@ -277,6 +282,9 @@ func TestKillDuringRetryWait(t *testing.T) {
 	const n = 20
 	p := startPipeline(t, harness.SiteOptions{Config: map[string]any{
 		"relay.delivery.retry.base":         "3s",
+		"relay.delivery.dial_timeout":       "2s",
+		"relay.delivery.command_timeout":    "2s",
+		"relay.delivery.data_timeout":       "4s",
 		"relay.delivery.retry.factor":       2,
 		"relay.delivery.retry.cap":          "6s",
 		"relay.delivery.retry.jitter":       0.1,

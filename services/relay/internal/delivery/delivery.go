@@ -33,10 +33,13 @@
 // Local final delivery is idempotent in the mailbox deliverer (by delivery
 // id). SMTP to a site or the smarthost skips a recipient whose key
 // "sent:<delivery id>:<recipient>" is set and sets it once the remote server
-// answered 250. A relay killed between that 250 and the key being stored
-// sends the message again when the record comes back: that window (the
-// time of one sitestate write) is the only source of duplicates, as in every
-// MTA that has no two-phase commit with its peer.
+// answered 250. While it sends, it holds a lease "sending:<delivery id>:
+// <recipient>" (an idempotency key with the length of one SMTP transaction),
+// so that two consumers holding the same record after a rebalance do not
+// both send it: the second defers the recipient. A relay killed between the
+// remote 250 and the key being stored sends the message again once the
+// lease has expired: that window (the time of one sitestate write) remains,
+// as in every MTA that has no two-phase commit with its peer.
 //
 // # Bounces
 //
@@ -483,7 +486,7 @@ func (s *Service) deliverLocal(ctx context.Context, j job) []outcome {
 		o := outcome{rcpt: rcpt, permanent: mailbox.IsPermanent(err)}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
-			o.code, o.status = se.Code, smtpStatus(se)
+			o.code, o.status = se.Code, smtpout.EnhancedStatus(se)
 			o.reason = strings.TrimSpace(fmt.Sprintf("%d %s %s", se.Code, o.status, oneLine(se.Message)))
 			o.diag = "smtp; " + o.reason
 		} else if o.permanent {
@@ -573,43 +576,104 @@ func (s *Service) deliverOutbound(ctx context.Context, j job) []outcome {
 // sentKey is the idempotency key of a message handed to a remote server.
 func sentKey(id, rcpt string) string { return "sent:" + id + ":" + strings.ToLower(rcpt) }
 
+// leaseKey marks a recipient of a delivery being sent right now by one
+// consumer: after a consumer-group rebalance, two consumers may hold the
+// same uncommitted record (kafka-go does not cancel a handler already
+// running for the old generation) and would otherwise both send it.
+func leaseKey(id, rcpt string) string { return "sending:" + id + ":" + strings.ToLower(rcpt) }
+
+// leaseTTL bounds a sending lease: the longest one SMTP transaction may
+// take. A lease left by a killed process expires after it, and the
+// recipient is sent by the next attempt.
+func (s *Service) leaseTTL() time.Duration {
+	return s.cfg.DialTimeout + 4*s.cfg.CommandTimeout + s.cfg.DataTimeout
+}
+
 // sendSMTP sends d to the recipients that were not sent already, and
-// remembers those the server accepted.
+// remembers those the server accepted. A recipient another consumer is
+// sending at this moment is deferred: its next attempt finds it sent (or
+// the lease expired after a crash, and sends it).
 func (s *Service) sendSMTP(ctx context.Context, pool *smtpout.Pool, d events.Delivery) []outcome {
 	outs := make([]outcome, 0, len(d.Recipients))
+	unavailable := func(rcpts []string, err error) []outcome {
+		s.log.WarnContext(ctx, "idempotency check failed", slog.String("delivery_id", d.ID), slog.Any("error", err))
+		for _, r := range rcpts {
+			outs = append(outs, outcome{rcpt: r, status: "4.3.0", reason: "the relay's state store is not available"})
+		}
+		return outs
+	}
+	keys := make([]string, len(d.Recipients))
+	for i, r := range d.Recipients {
+		keys[i] = sentKey(d.ID, r)
+	}
+	seen, err := s.deps.Idempotency.SeenAll(ctx, keys)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return unavailable(d.Recipients, err)
+	}
+	var todo []string
+	for i, r := range d.Recipients {
+		if seen[i] {
+			outs = append(outs, outcome{rcpt: r, delivered: true, code: 250, status: "2.0.0", reason: "delivered (sent before)", remote: pool.Name()})
+		} else {
+			todo = append(todo, r)
+		}
+	}
+	if len(todo) == 0 {
+		return outs
+	}
+	leases := make([]string, len(todo))
+	for i, r := range todo {
+		leases[i] = leaseKey(d.ID, r)
+	}
+	held, err := s.deps.Idempotency.ClaimAll(ctx, leases, s.leaseTTL())
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return unavailable(todo, err)
+	}
 	var pending []string
-	for _, rcpt := range d.Recipients {
-		seen, err := s.deps.Idempotency.Seen(ctx, sentKey(d.ID, rcpt))
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.log.WarnContext(ctx, "idempotency check failed", slog.String("delivery_id", d.ID), slog.Any("error", err))
-			outs = append(outs, outcome{rcpt: rcpt, status: "4.3.0", reason: "the relay's state store is not available"})
-		case seen:
-			outs = append(outs, outcome{rcpt: rcpt, delivered: true, code: 250, status: "2.0.0", reason: "delivered (sent before)", remote: pool.Name()})
-		default:
-			pending = append(pending, rcpt)
+	for i, r := range todo {
+		if held[i] {
+			pending = append(pending, r)
+		} else {
+			outs = append(outs, outcome{rcpt: r, status: "4.4.0", reason: "being delivered by another relay process"})
 		}
 	}
 	if len(pending) == 0 {
 		return outs
 	}
+	var sent, failed []string
 	for _, r := range pool.Send(ctx, d.MailFrom, pending, d.Message) {
 		o := outcome{rcpt: r.Recipient, delivered: r.Delivered(), permanent: r.Permanent, code: r.Code, status: r.Status,
 			reason: r.Reason(), diag: r.Diagnostic(), remote: r.Remote}
 		if r.Delivered() {
-			// The window: a crash before this Claim sends the message again.
-			if _, err := s.deps.Idempotency.Claim(context.WithoutCancel(ctx), sentKey(d.ID, r.Recipient), s.cfg.IdempotencyTTL); err != nil {
-				s.log.ErrorContext(ctx, "recording a sent message failed; a redelivered record would send it again",
-					slog.String("delivery_id", d.ID), slog.Any("error", err))
+			sent = append(sent, sentKey(d.ID, r.Recipient))
+		} else {
+			failed = append(failed, leaseKey(d.ID, r.Recipient))
+			if ctx.Err() == nil {
+				s.log.InfoContext(ctx, "smtp delivery failed", slog.String("delivery_id", d.ID), slog.String("remote", r.Remote),
+					slog.Bool("permanent", r.Permanent), slog.Int("code", r.Code), slog.Any("error", r.Err))
 			}
-		} else if ctx.Err() == nil {
-			s.log.InfoContext(ctx, "smtp delivery failed", slog.String("delivery_id", d.ID), slog.String("remote", r.Remote),
-				slog.Bool("permanent", r.Permanent), slog.Int("code", r.Code), slog.Any("error", r.Err))
 		}
 		outs = append(outs, o)
+	}
+	bg := context.WithoutCancel(ctx)
+	if len(sent) > 0 {
+		// The window: a crash before this write sends the message again
+		// once the lease has expired.
+		if _, err := s.deps.Idempotency.ClaimAll(bg, sent, s.cfg.IdempotencyTTL); err != nil {
+			s.log.ErrorContext(ctx, "recording sent messages failed; a redelivered record would send them again",
+				slog.String("delivery_id", d.ID), slog.Any("error", err))
+		}
+	}
+	for _, k := range failed { // the next attempt need not wait for the lease to expire
+		if err := s.deps.Idempotency.Forget(bg, k); err != nil {
+			s.log.WarnContext(ctx, "releasing a sending lease failed; the next attempt waits for it to expire", slog.String("delivery_id", d.ID), slog.Any("error", err))
+		}
 	}
 	return outs
 }
@@ -754,17 +818,6 @@ func messageID(msg []byte) string {
 		return ""
 	}
 	return oneLine(h.Get("Message-Id"))
-}
-
-func smtpStatus(se *smtp.SMTPError) string {
-	e := se.EnhancedCode
-	if e != smtp.EnhancedCodeNotSet && e != smtp.NoEnhancedCode && e[0] >= 2 && e[0] <= 5 {
-		return fmt.Sprintf("%d.%d.%d", e[0], e[1], e[2])
-	}
-	if c := se.Code / 100; c == 4 || c == 5 {
-		return fmt.Sprintf("%d.0.0", c)
-	}
-	return "4.0.0"
 }
 
 func oneLine(s string) string {

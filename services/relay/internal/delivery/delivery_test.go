@@ -281,6 +281,37 @@ func TestRedeliveredRecordIsNotSentTwice(t *testing.T) {
 	}
 }
 
+// TestRecipientBeingSentElsewhereIsDeferred: after a consumer-group
+// rebalance two consumers may hold the same record; the one that finds the
+// recipient's sending lease taken defers it instead of sending a second
+// copy, and delivers it once the lease is released.
+func TestRecipientBeingSentElsewhereIsDeferred(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sink := sinktest.Start(t, sinktest.Options{})
+	d := outbound("d-lease", "zs@example.com", "c@example.net")
+	lease := "sending:" + d.ID + ":c@example.net"
+	if ok, err := e.state.Idempotency().Claim(t.Context(), lease, time.Hour); !ok || err != nil {
+		t.Fatalf("taking the lease: %v, %v", ok, err)
+	}
+	e.start(testConfig(sink.Addr), nil)
+	e.publish(d)
+	ss := e.statuses(func(ss []events.Status) bool { return len(outcomes(ss, "c@example.net")) >= 1 })
+	if got := outcomes(ss, "c@example.net"); got[0] != events.OutcomeDeferred {
+		t.Fatalf("first outcome %v, want deferred while another consumer sends", got)
+	}
+	if n := len(sink.Transactions()); n != 0 {
+		t.Fatalf("sink got %d copies while the lease was held", n)
+	}
+	if err := e.state.Idempotency().Forget(t.Context(), lease); err != nil {
+		t.Fatal(err)
+	}
+	e.final("c@example.net")
+	if n := len(sink.Transactions()); n != 1 {
+		t.Errorf("sink got %d copies, want 1", n)
+	}
+}
+
 func TestSiteDeliveryOverMutualTLS(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
