@@ -85,10 +85,22 @@ func (s *session) login(name, password string, forceFail bool) error {
 		ipKey = "smtp-auth:ip:" + s.ip.String()
 	}
 	lock := s.srv.cfg.AuthLockout
-	locked, err := s.locked(ctx, userKey, ipKey)
+	locked, err := s.locked(ctx, ipKey)
 	if err != nil {
 		s.log.Error("smtp auth: lockout state", "error", err)
 		return errAuthTemporary
+	}
+	if !locked && lock.MaxFailuresPerUser > 0 {
+		// The attempt is counted before the password is checked, so
+		// that logins started in parallel cannot each get a guess
+		// verified before the first failure is recorded; a success
+		// clears the count again.
+		n, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window)
+		if err != nil {
+			s.log.Error("smtp auth: counting the attempt", "error", err)
+			return errAuthTemporary
+		}
+		locked = n > int64(lock.MaxFailuresPerUser)
 	}
 	if locked {
 		s.srv.inst.authFailed(s.listener)
@@ -125,11 +137,6 @@ func (s *session) login(name, password string, forceFail bool) error {
 	}
 	s.srv.inst.authFailed(s.listener)
 	s.log.Info("smtp auth failed", "login", key)
-	if lock.MaxFailuresPerUser > 0 {
-		if _, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window); err != nil {
-			s.log.Error("smtp auth: counting the failure", "error", err)
-		}
-	}
 	if lock.MaxFailuresPerIP > 0 && ipKey != "" {
 		if _, _, err := s.srv.limits.Hit(ctx, ipKey, lock.Window); err != nil {
 			s.log.Error("smtp auth: counting the failure", "error", err)
@@ -138,19 +145,10 @@ func (s *session) login(name, password string, forceFail bool) error {
 	return errAuthFailed
 }
 
-// locked reports whether the user or the client address has reached its
-// failure limit in the current window.
-func (s *session) locked(ctx context.Context, userKey, ipKey string) (bool, error) {
+// locked reports whether the client address has reached its failure limit
+// in the current window (the user's count is charged per attempt in login).
+func (s *session) locked(ctx context.Context, ipKey string) (bool, error) {
 	lock := s.srv.cfg.AuthLockout
-	if n := lock.MaxFailuresPerUser; n > 0 {
-		c, _, err := s.srv.limits.Count(ctx, userKey)
-		if err != nil {
-			return false, err
-		}
-		if c >= int64(n) {
-			return true, nil
-		}
-	}
 	if n := lock.MaxFailuresPerIP; n > 0 && ipKey != "" {
 		c, _, err := s.srv.limits.Count(ctx, ipKey)
 		if err != nil {

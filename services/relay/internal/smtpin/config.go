@@ -80,7 +80,7 @@ type RateLimitConfig struct {
 type LockoutConfig struct {
 	MaxFailuresPerUser int           `yaml:"max_failures_per_user" doc:"failed AUTH attempts for one user within window before it is locked; 0: no per-user lockout"`
 	MaxFailuresPerIP   int           `yaml:"max_failures_per_ip" doc:"failed AUTH attempts from one client IP address within window before it is locked; 0: no per-address lockout"`
-	Window             time.Duration `yaml:"window" doc:"the window the failures are counted in, and how long a lockout lasts once reached"`
+	Window             time.Duration `yaml:"window" doc:"the fixed window attempts are counted in, opened by the first failed attempt; a lockout ends with the window that reached the limit"`
 }
 
 // DefaultConfig is the single-box default: submission and inbound on

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,6 +255,34 @@ func TestAuthLockout(t *testing.T) {
 	wantCode(t, "spray 1", auth2("nobody1", "x"), 535, "5.7.8")
 	wantCode(t, "spray 2", auth2("nobody2", "x"), 535, "5.7.8")
 	wantCode(t, "address locked", auth2("alice", alicePW), 454, "4.7.0")
+}
+
+// TestAuthLockoutParallel: guesses started at the same time are counted
+// before any is verified, so no more than the limit get a verdict.
+func TestAuthLockoutParallel(t *testing.T) {
+	e := start(t, func(c *Config, _ *testPKI) {
+		c.AuthLockout = LockoutConfig{MaxFailuresPerUser: 3, MaxFailuresPerIP: 1000, Window: time.Hour}
+	})
+	const tries = 20
+	codes := make(chan int, tries)
+	var wg sync.WaitGroup
+	for range tries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.tlsDial(ListenerSubmission, e.clientTLS())
+			codes <- code(c.Auth(sasl.NewPlainClient("", "alice", "guess")))
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	got := map[int]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if got[535] > 3 || got[535]+got[454] != tries {
+		t.Errorf("replies %v: want at most 3 verdicts (535) and the rest locked (454)", got)
+	}
 }
 
 func TestSizeLimit(t *testing.T) {
