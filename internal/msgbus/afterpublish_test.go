@@ -152,3 +152,50 @@ func TestAfterPublish(t *testing.T) {
 		t.Errorf("broken: dead-letter reason %q, want the AfterPublish error and that the outputs are published", r)
 	}
 }
+
+// TestAfterPublishFinishesOnStop: a stop (the consumer's context
+// cancelled) while AfterPublish runs does not cut it short — its outputs
+// are on the broker, so the step completes and the record is committed
+// rather than delivered (and its outputs published) again.
+func TestAfterPublishFinishesOnStop(t *testing.T) {
+	ctx := ctxTimeout(t, 60*time.Second)
+	addrs := startBroker(t)
+	cfg := testConfig(addrs)
+	cfg.Partitions = 1
+	b := newBus(t, cfg, Options{})
+	const group, in, out = "router", events.TopicInbound, events.TopicDelivery
+	if err := b.EnsureTopics(ctx, in, out, events.TopicDeadLetter); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, Message{Topic: in, Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, stop := context.WithCancel(ctx)
+	hookErr := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Consume(cctx, Subscription{Group: group, Topic: in, Name: "t",
+			Handler: func(context.Context, Record) ([]Message, error) {
+				return []Message{{Topic: out, Key: []byte("k"), Value: []byte("out")}}, nil
+			},
+			AfterPublish: func(actx context.Context, _ Record, _ []Message) error {
+				stop() // the process is told to stop right now
+				time.Sleep(100 * time.Millisecond)
+				hookErr <- actx.Err()
+				return actx.Err()
+			},
+		})
+	}()
+	select {
+	case err := <-hookErr:
+		if err != nil {
+			t.Fatalf("AfterPublish's context was cancelled by the stop: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("AfterPublish never ran")
+	}
+	<-done
+	if off := committed(t, ctx, addrs[0], group, b.Topic(in), 1); off[0] != 1 {
+		t.Errorf("committed offset %v after a stop during AfterPublish, want 1 (the record is done)", off)
+	}
+}

@@ -297,7 +297,12 @@ func (c *consumer) afterPublish(ctx context.Context, rec Record, outs []Message,
 	retry := c.bus.cfg.Retry
 	span := trace.SpanFromContext(ctx)
 	for attempt := 1; ; attempt++ {
-		err := c.callAfterPublish(ctx, rec, outs)
+		// The outputs are on the broker: finish the step even if ctx is
+		// being cancelled right now (as the commit does), or a clean
+		// shutdown would have the record, and its outputs, come again.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.bus.cfg.RequestTimeout)
+		err := c.callAfterPublish(actx, rec, outs)
+		cancel()
 		if err == nil {
 			return outcomeOK, nil
 		}

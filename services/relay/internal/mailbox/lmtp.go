@@ -160,7 +160,7 @@ func (l *LMTP) Deliver(ctx context.Context, msg Message) error {
 		}
 		return err
 	}
-	if claimed, err := l.state.Claim(ctx, key, l.cfg.IdempotencyTTL); err != nil {
+	if claimed, err := l.state.Claim(context.WithoutCancel(ctx), key, l.cfg.IdempotencyTTL); err != nil {
 		// Delivered: reporting a failure would deliver it again.
 		log.Error("delivered, but the idempotency key could not be stored: a redelivery of this record would deliver it twice", "err", err)
 	} else if !claimed {
