@@ -513,6 +513,22 @@ func TestStatusConsumer(t *testing.T) {
 		t.Errorf("original recipient not marked: pending %q", le.Pending())
 	}
 
+	// The router delivers to each mailbox once: a message published for
+	// alice@ and team@ (which holds alice) gets one status, for alice@;
+	// team@ is marked with it, or the message would never be deleted.
+	_, _, err = led.RecordHandoff(ctx, "acc", "u4", sitestate.Handoff{Recipients: []string{"alice@example.com", "team@example.com", "a.alias@example.com"}})
+	mustNoErr(t, "handoff", err)
+	st = events.Status{InboundID: "in-4", Stage: "relay", Recipient: "alice@example.com", OriginalRecipient: "alice@example.com",
+		Outcome: events.OutcomeDelivered, At: time.Now(), Source: events.Source{Kind: events.SourcePOP3, POP3Account: "acc", POP3UIDL: "u4"}}
+	rec, err = st.Encode()
+	mustNoErr(t, "encode", err)
+	if _, err := dl.handleStatus(ctx, msgbus.Record{Message: msgbus.NewMessage(events.TopicStatus, rec)}); err != nil {
+		t.Fatal(err)
+	}
+	if le, _ := led.Get(ctx, "acc", "u4"); !le.AllDelivered() {
+		t.Errorf("recipients merged into alice's delivery not marked: pending %q", le.Pending())
+	}
+
 	bad := msgbus.Record{Message: msgbus.Message{Topic: events.TopicStatus, Value: []byte("{")}}
 	if _, err := dl.handleStatus(ctx, bad); !msgbus.IsPermanent(err) {
 		t.Errorf("garbage status: %v, want a permanent error", err)

@@ -630,14 +630,18 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 				return s.fail(KindState, err)
 			}
 		}
-		if err := d.dup.published(ctx, it.hdr.messageID, p.rcpts...); err != nil {
+		// Published: record it even if a stop cancels ctx now, or the
+		// statuses that already came for it (kept in memory, see
+		// takeOrphans) would be lost with the process.
+		pctx := context.WithoutCancel(ctx)
+		if err := d.dup.published(pctx, it.hdr.messageID, p.rcpts...); err != nil {
 			return s.fail(KindState, err)
 		}
 		h := sitestate.Handoff{MessageID: it.hdr.messageID, Recipients: p.rcpts, At: p.rec.ReceivedAt}
-		if _, _, err := d.opts.Ledger.RecordHandoff(ctx, a.ID, it.info.UID, h); err != nil {
+		if _, _, err := d.opts.Ledger.RecordHandoff(pctx, a.ID, it.info.UID, h); err != nil {
 			return s.fail(KindState, fmt.Errorf("recording the hand-off of %s (published as %s): %w", it.info.UID, p.rec.ID, err))
 		}
-		if err := d.takeOrphans(ctx, a.ID, it.info.UID); err != nil {
+		if err := d.takeOrphans(pctx, a.ID, it.info.UID); err != nil {
 			return s.fail(KindState, fmt.Errorf("applying early statuses of %s: %w", it.info.UID, err))
 		}
 		s.clearFailure(it.info.UID)

@@ -71,10 +71,11 @@ func (d *Downloader) handleStatus(ctx context.Context, rec msgbus.Record) ([]msg
 	if rcpt == "" {
 		return nil, nil
 	}
-	// The envelope recipient the outcome answers for, when the router
-	// expanded it (alias, group, shared mailbox); the mailbox address is
-	// kept for statuses written without it (older relays): it is mapped
-	// back through the replica.
+	// The envelope recipient the outcome answers for (OriginalRecipient),
+	// and the mailbox it reached: the router delivers to each mailbox
+	// once, so other envelope recipients that expand to the same mailbox
+	// (an alias, a group holding that user) get no status of their own and
+	// are marked through the replica (markUnmatched).
 	rcpts := []string{rcpt}
 	if orig := strings.ToLower(strings.TrimSpace(st.OriginalRecipient)); orig != "" && orig != rcpt {
 		rcpts = []string{orig, rcpt}
@@ -183,12 +184,13 @@ func (d *Downloader) markDelivered(ctx context.Context, account, uidl string, at
 	return d.markUnmatched(ctx, e, at, rcpts)
 }
 
-// markUnmatched passes the recipients the entry does not have to
-// markExpanded.
+// markUnmatched marks, through markExpanded, the pending recipients that
+// reach the mailboxes of rcpts: those the router merged into a delivery
+// reported under another address.
 func (d *Downloader) markUnmatched(ctx context.Context, e sitestate.LedgerEntry, at time.Time, rcpts []string) error {
 	for _, r := range rcpts {
-		if contains(e.Recipients, r) {
-			continue
+		if len(e.Pending()) == 0 {
+			return nil
 		}
 		if err := d.markExpanded(ctx, e, at, r); err != nil {
 			return err
