@@ -59,33 +59,57 @@ func (d *dedup) enabled(msgid string) bool {
 	return d != nil && d.window > 0 && msgid != ""
 }
 
-// check decides whether rcpt keeps message msgid from (account, uidl).
-func (d *dedup) check(ctx context.Context, account, uidl, msgid, rcpt string) (verdict, error) {
-	if !d.enabled(msgid) {
-		return keep, nil
+// check decides, for each of rcpts, whether it keeps message msgid from
+// (account, uidl). A first attempt claims the message's keys for all its
+// recipients in one atomic ClaimAll, so that two copies of one message
+// with the same recipients cannot each win part of them and both wait for
+// the other.
+func (d *dedup) check(ctx context.Context, account, uidl, msgid string, rcpts []string) ([]verdict, error) {
+	out := make([]verdict, len(rcpts))
+	if !d.enabled(msgid) || len(rcpts) == 0 {
+		return out, nil // keep
 	}
+	fail := func(err error) ([]verdict, error) { return nil, fmt.Errorf("duplicate check: %w", err) }
 	src := srcHash(account, uidl)
-	m := msgid + ":" + rcpt
-	v, err := d.decide(ctx, src, m)
-	if err != nil {
-		return keep, fmt.Errorf("duplicate check: %w", err)
+	ms := make([]string, len(rcpts))
+	tries := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		ms[i] = msgid + ":" + r
+		tries[i] = "fetch-dup-try:" + src + ":" + ms[i]
 	}
-	return v, nil
+	first, err := d.idem.ClaimAll(ctx, tries, d.window)
+	if err != nil {
+		return fail(err)
+	}
+	var claims []string
+	var idx []int
+	for i := range rcpts {
+		if first[i] {
+			claims, idx = append(claims, "fetch-dup:"+ms[i]), append(idx, i)
+		} else if out[i], err = d.retry(ctx, src, ms[i]); err != nil {
+			return fail(err)
+		}
+	}
+	if len(claims) == 0 {
+		return out, nil
+	}
+	won, err := d.idem.ClaimAll(ctx, claims, d.window)
+	if err != nil {
+		return fail(err)
+	}
+	for k, i := range idx {
+		if !won[k] {
+			if out[i], err = d.lostClaim(ctx, src, ms[i]); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	return out, nil
 }
 
-func (d *dedup) decide(ctx context.Context, src, m string) (verdict, error) {
+// retry decides for a recipient this source tried before (T was set).
+func (d *dedup) retry(ctx context.Context, src, m string) (verdict, error) {
 	idem := d.idem
-	first, err := idem.Claim(ctx, "fetch-dup-try:"+src+":"+m, d.window)
-	if err != nil {
-		return keep, err
-	}
-	if first {
-		won, err := idem.Claim(ctx, "fetch-dup:"+m, d.window)
-		if err != nil || won {
-			return keep, err
-		}
-		return d.lostClaim(ctx, src, m)
-	}
 	if lost, err := idem.Seen(ctx, "fetch-dup-lost:"+src+":"+m); err != nil || lost {
 		return drop, err
 	}

@@ -385,8 +385,8 @@ func TestDedupClaims(t *testing.T) {
 	d := &dedup{idem: e.store.Idempotency(), window: time.Hour}
 	check := func(acct, uidl, rcpt string, want verdict) {
 		t.Helper()
-		v, err := d.check(ctx, acct, uidl, "m@x", rcpt)
-		if err != nil || v != want {
+		v, err := d.check(ctx, acct, uidl, "m@x", []string{rcpt})
+		if err != nil || v[0] != want {
 			t.Fatalf("check(%s, %s, %s) = %v, %v; want %v", acct, uidl, rcpt, v, err, want)
 		}
 	}
@@ -420,8 +420,20 @@ func TestDedupClaims(t *testing.T) {
 	check("d2", "u2", "p2", pending)
 	check("d2", "u2", "p3", drop)
 	// No Message-ID, or a zero window: no suppression.
-	if v, _ := d.check(ctx, "a9", "u9", "", "r"); v != keep {
+	if v, _ := d.check(ctx, "a9", "u9", "", []string{"r"}); v[0] != keep {
 		t.Error("a message without Message-ID was suppressed")
+	}
+	// Two copies of one message for the same recipients: the first to
+	// claim wins all of them, the other waits for all. (Run one after the
+	// other here; claiming a message's keys in one ClaimAll is what keeps
+	// it so when two sessions interleave, instead of each winning a part
+	// and both waiting for the other.)
+	x, err := d.check(ctx, "x1", "u1", "n@x", []string{"a", "b"})
+	mustNoErr(t, "check x", err)
+	y, err := d.check(ctx, "y1", "u1", "n@x", []string{"b", "a"})
+	mustNoErr(t, "check y", err)
+	if x[0] != keep || x[1] != keep || y[0] != pending || y[1] != pending {
+		t.Errorf("copies split the claims: x %v, y %v; want x keeping both, y waiting for both", x, y)
 	}
 }
 

@@ -569,12 +569,12 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 	for _, it := range batch {
 		var kept []string
 		wait := false
-		for _, r := range it.rcpts {
-			v, err := d.dup.check(ctx, a.ID, it.info.UID, it.hdr.messageID, r)
-			if err != nil {
-				return s.fail(KindState, err)
-			}
-			switch v {
+		verdicts, err := d.dup.check(ctx, a.ID, it.info.UID, it.hdr.messageID, it.rcpts)
+		if err != nil {
+			return s.fail(KindState, err)
+		}
+		for i, r := range it.rcpts {
+			switch verdicts[i] {
 			case keep:
 				kept = append(kept, r)
 			case pending:
