@@ -388,6 +388,8 @@ func TestLoadEnvKinds(t *testing.T) {
 func TestLoadIgnoredVariables(t *testing.T) {
 	cfg := mustLoad(t, "",
 		"POSTERN_CONFIG=/etc/postern.yaml",
+		"POSTERN_TOKEN=pst_x",                  // the admin CLI's
+		"POSTERN_SERVER=http://127.0.0.1:8080", // the admin CLI's
 		"POSTERN_TEST_REDIS=localhost:6379",
 		"POSTERN_TEST_ANYTHING_AT_ALL=x",
 		"POSTERN_",

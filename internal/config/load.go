@@ -44,7 +44,8 @@ func (e *loadError) Unwrap() error { return e.fe }
 //  2. from the POSTERN_* variables in environ (os.Environ() in a binary):
 //     lists are comma-separated ("" is the empty list), durations are
 //     written as in Go ("30s"), booleans as strconv.ParseBool reads them.
-//     POSTERN_CONFIG and POSTERN_TEST_* are not overrides and are ignored;
+//     POSTERN_CONFIG, POSTERN_TOKEN, POSTERN_SERVER and POSTERN_TEST_* are
+//     not overrides and are ignored;
 //     any other unknown POSTERN_* variable is an error;
 //  3. by Validate.
 //

@@ -270,9 +270,15 @@ func envName(key string) string {
 }
 
 // envIgnored reports whether a POSTERN_ variable is not a configuration
-// override: POSTERN_CONFIG (the file path) and POSTERN_TEST_* (tests).
+// override: POSTERN_CONFIG (the file path), POSTERN_TOKEN and
+// POSTERN_SERVER (the admin CLI's, often exported in the same shell that
+// runs `postern serve`) and POSTERN_TEST_* (tests).
 func envIgnored(name string) bool {
-	return name == envPrefix+"CONFIG" || strings.HasPrefix(name, envPrefix+"TEST_")
+	switch name {
+	case envPrefix + "CONFIG", envPrefix + "TOKEN", envPrefix + "SERVER":
+		return true
+	}
+	return strings.HasPrefix(name, envPrefix+"TEST_")
 }
 
 // typeName is a leaf's type as an operator reads it.
