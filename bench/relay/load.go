@@ -24,7 +24,6 @@ type sink struct {
 	mu      sync.Mutex
 	arrived map[string]time.Time // X-Bench-Id → arrival
 	dups    int
-	total   atomic.Int64
 	notify  chan struct{}
 }
 
@@ -68,7 +67,6 @@ func (ss *sinkSession) Data(r io.Reader) error {
 		ss.s.arrived[id] = now
 	}
 	ss.s.mu.Unlock()
-	ss.s.total.Add(1)
 	select {
 	case ss.s.notify <- struct{}{}:
 	default:
@@ -198,25 +196,17 @@ func inject(addr, run string, n, sessions int, sizes []int, from, to string) (*i
 	return res, nil
 }
 
-// latencies returns the p50 and p99 of arrival − acceptance and the time
-// from the first acceptance to the last arrival.
-func latencies(acc, arr map[string]time.Time) (p50, p99, endToEnd time.Duration) {
+// latencies returns the p50 and p99 of arrival − acceptance.
+func latencies(acc, arr map[string]time.Time) (p50, p99 time.Duration) {
 	var ds []time.Duration
-	var first, last time.Time
 	for id, a := range acc {
-		if first.IsZero() || a.Before(first) {
-			first = a
-		}
 		if at, ok := arr[id]; ok {
 			ds = append(ds, at.Sub(a))
-			if at.After(last) {
-				last = at
-			}
 		}
 	}
 	if len(ds) == 0 {
-		return 0, 0, 0
+		return 0, 0
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return ds[len(ds)/2], ds[len(ds)*99/100], last.Sub(first)
+	return ds[len(ds)/2], ds[len(ds)*99/100]
 }

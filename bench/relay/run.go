@@ -58,7 +58,7 @@ func run(n, sessions int, systems string) error {
 			return fmt.Errorf("%s: %w", sys, err)
 		}
 		r := result{system: sys, inj: inj}
-		r.p50, r.p99, _ = latencies(inj.accepted, arr)
+		r.p50, r.p99 = latencies(inj.accepted, arr)
 		var last time.Time
 		for _, at := range arr {
 			if at.After(last) {
