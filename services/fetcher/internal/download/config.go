@@ -23,7 +23,7 @@ type Config struct {
 	SessionTimeout      time.Duration `yaml:"session_timeout" doc:"time limit of one whole POP3 session (a slow server is cut off and retried later)"`
 	DuplicateWindow     time.Duration `yaml:"duplicate_window" doc:"a message with the same Message-ID for the same recipient that arrives again within this window, through any account, is delivered once; 0 turns duplicate suppression off"`
 	BatchMessages       int           `yaml:"batch_messages" doc:"most downloaded messages published to mail.inbound in one batch (the next ones are downloaded meanwhile)"`
-	BatchBytes          int64         `yaml:"batch_bytes" doc:"most message bytes in one publish batch; a single larger message travels alone"`
+	BatchBytes          int64         `yaml:"batch_bytes" doc:"a publish batch is closed once its messages reach this many bytes (the message that crosses it is in the batch)"`
 	StatusGroup         string        `yaml:"status_group" doc:"Kafka consumer group reading mail.status to learn which downloaded messages were delivered; empty: <site>-fetcher-status"`
 }
 
