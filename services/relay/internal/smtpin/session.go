@@ -175,13 +175,6 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 		addr = a
 	}
-	inOrg := false
-	if from != "" {
-		var err error
-		if inOrg, err = s.srv.dir.InOrganisation(ctx, addr.domain); err != nil {
-			return s.internal("mail from: domain lookup", err)
-		}
-	}
 	switch {
 	case s.kind == kindSubmission:
 		if from == "" {
@@ -198,6 +191,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// Another site's relay: any sender, the null one included
 		// (bounces between sites).
 	default: // inbound
+		inOrg := false
+		if from != "" {
+			var err error
+			if inOrg, err = s.srv.dir.InOrganisation(ctx, addr.domain); err != nil {
+				return s.internal("mail from: domain lookup", err)
+			}
+		}
 		if inOrg && !s.trusted {
 			return s.reject("sender_spoofed", reply(550, 5, 7, 1, "Sender address in this organisation's domains: authenticate on the submission port"))
 		}
@@ -288,42 +288,52 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return nil
 }
 
-// checkLocal checks a recipient in the organisation's domains: a user's
-// address (or user+tag@), a group's or a shared mailbox's.
+// checkLocal checks a recipient in the organisation's domains: a user's,
+// a group's or a shared mailbox's address, or that address with a +tag —
+// resolved in the router's order (the exact address first, then without
+// the tag), so that what is accepted here is what the router delivers.
 func (s *session) checkLocal(ctx context.Context, a address) error {
-	u, err := s.srv.dir.UserByKey(ctx, a.String())
-	if err == nil && u == nil {
-		if b, ok := a.withoutTag(); ok {
-			u, err = s.srv.dir.UserByKey(ctx, b.String())
+	candidates := []address{a}
+	if b, ok := a.withoutTag(); ok {
+		candidates = append(candidates, b)
+	}
+	for _, c := range candidates {
+		found, err := s.checkAddress(ctx, c)
+		if found || err != nil {
+			return err
 		}
 	}
+	return s.reject("unknown_recipient", reply(550, 5, 1, 1, "No such recipient here"))
+}
+
+// checkAddress checks one exact address: found reports whether anyone owns
+// it; err is the reply refusing it (or an internal error).
+func (s *session) checkAddress(ctx context.Context, a address) (found bool, err error) {
+	u, err := s.srv.dir.UserByKey(ctx, a.String())
 	if err != nil {
-		return s.internal("rcpt to: user lookup", err)
+		return false, s.internal("rcpt to: user lookup", err)
 	}
 	if u != nil {
 		switch {
 		case !u.Enabled:
-			return s.reject("recipient_disabled", reply(550, 5, 2, 1, "Mailbox disabled"))
+			return true, s.reject("recipient_disabled", reply(550, 5, 2, 1, "Mailbox disabled"))
 		case s.outside && !u.Permissions.InternetReceive:
-			return s.reject("no_internet_receive", reply(550, 5, 7, 1, "This recipient does not receive mail from outside the organisation"))
+			return true, s.reject("no_internet_receive", reply(550, 5, 7, 1, "This recipient does not receive mail from outside the organisation"))
 		}
-		return nil
-	}
-	g, err := s.srv.dir.GroupByKey(ctx, a.String())
-	if err != nil {
-		return s.internal("rcpt to: group lookup", err)
-	}
-	if g != nil {
-		return nil
+		return true, nil
 	}
 	m, err := s.srv.dir.SharedMailboxByAddress(ctx, a.String())
 	if err != nil {
-		return s.internal("rcpt to: shared mailbox lookup", err)
+		return false, s.internal("rcpt to: shared mailbox lookup", err)
 	}
 	if m != nil {
-		return nil
+		return true, nil
 	}
-	return s.reject("unknown_recipient", reply(550, 5, 1, 1, "No such recipient here"))
+	g, err := s.srv.dir.GroupByKey(ctx, a.String())
+	if err != nil {
+		return false, s.internal("rcpt to: group lookup", err)
+	}
+	return g != nil, nil
 }
 
 // Data receives the message, publishes it to mail.inbound with acks=all and

@@ -341,7 +341,9 @@ func TestRecipientChecks(t *testing.T) {
 	wantCode(t, "unknown user at another site", c.Rcpt("nobody@branch.example.org", nil), 550, "5.1.1")
 	wantCode(t, "disabled user", c.Rcpt("dave@example.com", nil), 550, "5.2.1")
 	wantCode(t, "user without internet_receive", c.Rcpt("erin@example.com", nil), 550, "5.7.1")
-	for _, ok := range []string{"alice@example.com", "Alice+News@Example.COM", "a.archer@example.com", "team@example.com", "sales@example.com", "carol@branch.example.org", "carol@example.com"} {
+	wantCode(t, "user without internet_receive, tagged", c.Rcpt("erin+x@example.com", nil), 550, "5.7.1")
+	wantCode(t, "unknown, tagged", c.Rcpt("nobody+x@example.com", nil), 550, "5.1.1")
+	for _, ok := range []string{"alice@example.com", "Alice+News@Example.COM", "a.archer@example.com", "team@example.com", "sales@example.com", "team+x@example.com", "Sales+Q1@example.com", "carol@branch.example.org", "carol@example.com"} {
 		if err := c.Rcpt(ok, nil); err != nil {
 			t.Errorf("RCPT %s: %v", ok, err)
 		}
