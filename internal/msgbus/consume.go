@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -432,4 +433,39 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// ConsumeAll runs one Consume per subscription (the same subscription
+// twice is two members of its group, sharing the topic's partitions) until
+// ctx is cancelled, then returns nil. If one of them fails or panics, the
+// others are stopped and ConsumeAll returns what went wrong.
+func (b *Bus) ConsumeAll(ctx context.Context, subs ...Subscription) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+		cancel()
+	}
+	for i, sub := range subs {
+		wg.Go(func() {
+			defer func() {
+				if p := recover(); p != nil {
+					b.logger.Error("consumer panicked", slog.String("handler", sub.Name), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+					fail(fmt.Errorf("consumer %d (%s) panicked: %v", i+1, sub.Name, p))
+				}
+			}()
+			if err := b.Consume(ctx, sub); err != nil {
+				fail(fmt.Errorf("consumer %d (%s): %w", i+1, sub.Name, err))
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

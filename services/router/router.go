@@ -9,18 +9,16 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/postern/postern/api/events"
 	"github.com/postern/postern/internal/app"
 	"github.com/postern/postern/internal/config"
+	"github.com/postern/postern/internal/msgbus"
 	"github.com/postern/postern/internal/opshttp"
 	"github.com/postern/postern/services/router/internal/pipeline"
 	"github.com/postern/postern/services/router/internal/routing"
@@ -182,34 +180,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	}
 	s.log.Info("router consuming", "topic", s.rt.Bus.Topic(events.TopicInbound), "group", s.group, "consumers", s.cfg.Consumers)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
-		cancel()
+	subs := make([]msgbus.Subscription, s.cfg.Consumers)
+	for i := range subs {
+		subs[i] = s.pipe.Subscription(s.group)
 	}
-	for i := range s.cfg.Consumers {
-		wg.Go(func() {
-			defer func() {
-				if p := recover(); p != nil {
-					s.log.Error("router consumer panicked", slog.Int("consumer", i+1), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-					fail(fmt.Errorf("router: consumer %d of %d panicked: %v", i+1, s.cfg.Consumers, p))
-				}
-			}()
-			if err := s.rt.Bus.Consume(ctx, s.pipe.Subscription(s.group)); err != nil {
-				fail(fmt.Errorf("router: consumer %d of %d: %w", i+1, s.cfg.Consumers, err))
-			}
-		})
+	if err := s.rt.Bus.ConsumeAll(ctx, subs...); err != nil {
+		return fmt.Errorf("router: %w", err)
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return nil
 }
 
 // directoryWaitLog is how often the router says it waits for the first

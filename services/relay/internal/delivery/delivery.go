@@ -62,7 +62,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,32 +272,8 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("delivery: %w", err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	start := func(sub msgbus.Subscription) {
-		wg.Go(func() {
-			defer func() {
-				if p := recover(); p != nil {
-					s.log.Error("delivery consumer panicked", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("delivery: consumer %s panicked: %v", sub.Name, p))
-					mu.Unlock()
-					cancel()
-				}
-			}()
-			if err := s.deps.Bus.Consume(ctx, sub); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("delivery: %s: %w", sub.Name, err))
-				mu.Unlock()
-				cancel()
-			}
-		})
-	}
+	var subs []msgbus.Subscription
+	start := func(sub msgbus.Subscription) { subs = append(subs, sub) }
 	for range s.cfg.Consumers {
 		start(msgbus.Subscription{Group: s.DeliveryGroup(), Topic: events.TopicDelivery, Name: "relay-delivery", Handler: s.handleDelivery})
 	}
@@ -309,8 +284,10 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.InfoContext(ctx, "delivery running", slog.Int("consumers", s.cfg.Consumers), slog.Int("retry_tiers", s.cfg.Retry.Tiers()),
 		slog.Bool("smarthost", s.smarthost != nil), slog.Bool("site_tls", s.siteTLS != nil))
-	wg.Wait()
-	return errors.Join(errs...)
+	if err := s.deps.Bus.ConsumeAll(ctx, subs...); err != nil {
+		return fmt.Errorf("delivery: %w", err)
+	}
+	return nil
 }
 
 // Close closes the SMTP session pools. Run calls it when it returns.
