@@ -1,6 +1,8 @@
 package admin
 
 import (
+	"github.com/postern/postern/internal/atomicfile"
+
 	"context"
 	"errors"
 	"fmt"
@@ -193,34 +195,9 @@ readable by its owner only.`)
 		_, err := s.env.Stdout.Write(r.Body)
 		return err
 	}
-	if err := writeFile(*out, r.Body); err != nil {
+	if err := atomicfile.WriteFile(*out, r.Body, 0o600); err != nil {
 		return err
 	}
 	s.errorf("postern: wrote %s (%d bytes)\n", *out, len(r.Body))
 	return nil
-}
-
-// writeFile replaces path with data, atomically, readable by its owner only.
-func writeFile(path string, data []byte) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
