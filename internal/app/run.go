@@ -33,6 +33,9 @@ type Checker interface {
 type Unit struct {
 	Service Service
 	HTTP    opshttp.Config
+	// Routes are endpoints of the service's own on its side HTTP server
+	// (the router's message trace), next to /healthz, /readyz and /metrics.
+	Routes []opshttp.Route
 }
 
 // Run starts each unit's side HTTP server (/healthz, /readyz, /metrics) and
@@ -64,12 +67,17 @@ func Run(ctx context.Context, rt *Runtime, out io.Writer, units ...Unit) error {
 			Metrics: rt.Telemetry.MetricsHandler(),
 			Checks:  checks,
 			Logger:  log.With("service", u.Service.Name()),
+			Routes:  u.Routes,
 		})
 		if err := srv.Start(); err != nil {
 			return fmt.Errorf("%s: side http server on %s: %w", u.Service.Name(), u.HTTP.Listen, err)
 		}
 		servers = append(servers, srv)
-		fmt.Fprintf(out, "%-8s http://%s  (/healthz /readyz /metrics)\n", u.Service.Name(), srv.Addr())
+		paths := "/healthz /readyz /metrics"
+		for _, r := range u.Routes {
+			paths += " " + r.Path()
+		}
+		fmt.Fprintf(out, "%-8s http://%s  (%s)\n", u.Service.Name(), srv.Addr(), paths)
 		log.Info("service listening", "service", u.Service.Name(), "ops_addr", srv.Addr())
 	}
 

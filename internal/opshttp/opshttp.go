@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,27 @@ type Options struct {
 	Checks       []Check       // run by /readyz
 	Logger       *slog.Logger  // nil: slog.Default()
 	CheckTimeout time.Duration // bound on all checks of one /readyz; zero: DefaultCheckTimeout
+	Routes       []Route       // endpoints of the service's own, registered with Handle
+}
+
+// Route is an endpoint a service adds to its ops server (a message trace
+// lookup): Pattern in http.ServeMux syntax ("GET /v1/trace").
+type Route struct {
+	Pattern string
+	Handler http.Handler
+}
+
+// Path is the path of the route's pattern, without method or host
+// ("/v1/trace" for "GET /v1/trace").
+func (r Route) Path() string {
+	p := r.Pattern
+	if i := strings.IndexAny(p, " \t"); i >= 0 {
+		p = strings.TrimLeft(p[i:], " \t")
+	}
+	if i := strings.IndexByte(p, '/'); i > 0 {
+		p = p[i:] // a host
+	}
+	return p
 }
 
 // Server is the ops HTTP server. Its methods are safe for concurrent use.
@@ -132,6 +154,9 @@ func New(cfg Config, opts Options) *Server {
 		s.mux.Handle("GET "+MetricsPath, s.metrics)
 	} else {
 		s.mux.Handle("GET "+MetricsPath, http.NotFoundHandler())
+	}
+	for _, r := range opts.Routes {
+		s.Handle(r.Pattern, r.Handler)
 	}
 
 	// Spans and http.server.* metrics for the endpoints services add (a

@@ -304,6 +304,32 @@ func TestHandle(t *testing.T) {
 	}
 }
 
+// TestRoutes: the routes of Options are served next to the built-in
+// endpoints.
+func TestRoutes(t *testing.T) {
+	route := Route{Pattern: "GET /v1/trace", Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "trace "+r.URL.Query().Get("message_id"))
+	})}
+	if p := route.Path(); p != "/v1/trace" {
+		t.Errorf("Path() = %q", p)
+	}
+	for pattern, want := range map[string]string{"/x": "/x", "POST /a/{b}": "/a/{b}", "GET example.com/y": "/y"} {
+		if got := (Route{Pattern: pattern}).Path(); got != want {
+			t.Errorf("Route{%q}.Path() = %q, want %q", pattern, got, want)
+		}
+	}
+	s := start(t, Options{Routes: []Route{route}})
+	if r := do(t, http.MethodGet, "http://"+s.Addr()+"/v1/trace?message_id=a@b"); r.code != 200 || r.body != "trace a@b" {
+		t.Errorf("GET /v1/trace = %d %q", r.code, r.body)
+	}
+	if r := do(t, http.MethodPost, "http://"+s.Addr()+"/v1/trace"); r.code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /v1/trace = %d, want 405", r.code)
+	}
+	if r := do(t, http.MethodGet, "http://"+s.Addr()+"/healthz"); r.code != 200 {
+		t.Errorf("GET /healthz = %d next to a route", r.code)
+	}
+}
+
 // TestSpans: endpoints added with Handle are traced through the global
 // tracer provider; probes and scrapes are not.
 func TestSpans(t *testing.T) {

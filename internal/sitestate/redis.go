@@ -26,6 +26,8 @@ import (
 //	<p>idem:<key>      "1", PX ttl
 //	<p>msgid:<id>      storedRecord JSON, PX ttl
 //	<p>rl:<key>        counter, PX window
+//	<p>trace:z:<key>   sorted set  entry id, scored by its time (Unix ms); PX ttl
+//	<p>trace:d:<key>   hash  entry id → data, and "" → entries dropped; PX ttl
 //
 // Change sets and ledger updates are optimistic transactions (WATCH, then
 // MULTI/EXEC, retried on conflict); a snapshot's MULTI deletes keys found
@@ -69,6 +71,7 @@ func (s *redisStore) Ledger() Ledger             { return redisLedger{s} }
 func (s *redisStore) Idempotency() Idempotency   { return redisIdempotency{s} }
 func (s *redisStore) MessageIndex() MessageIndex { return redisMessageIndex{s} }
 func (s *redisStore) RateLimits() RateLimits     { return redisRateLimits{s} }
+func (s *redisStore) TraceIndex() TraceIndex     { return redisTraceIndex{s} }
 
 func (s *redisStore) Ping(ctx context.Context) error {
 	if err := s.c.Ping(ctx).Err(); err != nil {
@@ -862,4 +865,91 @@ func (r redisRateLimits) Reset(ctx context.Context, key string) error {
 		return fmt.Errorf("reset rate limit %q: %w", key, err)
 	}
 	return nil
+}
+
+// ---------------------------------------------------------------------------
+
+type redisTraceIndex struct{ s *redisStore }
+
+func (x redisTraceIndex) setKey(k string) string  { return x.s.p + "trace:z:" + k }
+func (x redisTraceIndex) dataKey(k string) string { return x.s.p + "trace:d:" + k }
+
+// traceAppendScript adds an entry to lists given as pairs of KEYS (sorted
+// set, hash), trims each to its bound, oldest first, and restarts their
+// TTL. ARGV: id, time (Unix ms), data, bound, TTL (ms). It returns 1 if the
+// entry was new to a list. A sorted set orders equal scores by member, in
+// byte order: the lists' order, At then ID.
+var traceAppendScript = redis.NewScript(`
+local added = 0
+local bound = tonumber(ARGV[4])
+for i = 1, #KEYS, 2 do
+	local z, h = KEYS[i], KEYS[i + 1]
+	if redis.call('ZADD', z, 'NX', ARGV[2], ARGV[1]) == 1 then
+		added = 1
+		redis.call('HSET', h, ARGV[1], ARGV[3])
+		local over = redis.call('ZCARD', z) - bound
+		if over > 0 then
+			local old = redis.call('ZRANGE', z, 0, over - 1)
+			redis.call('ZREMRANGEBYRANK', z, 0, over - 1)
+			for j = 1, #old, 1000 do
+				redis.call('HDEL', h, unpack(old, j, math.min(j + 999, #old)))
+			end
+			redis.call('HINCRBY', h, '', over)
+		end
+	end
+	redis.call('PEXPIRE', z, ARGV[5])
+	redis.call('PEXPIRE', h, ARGV[5])
+end
+return added
+`)
+
+func (x redisTraceIndex) Append(ctx context.Context, keys []string, e TraceEntry, p TracePolicy) (bool, error) {
+	a, err := prepareTraceAppend(keys, e, p)
+	if err != nil {
+		return false, err
+	}
+	rkeys := make([]string, 0, 2*len(a.keys))
+	for _, k := range a.keys {
+		rkeys = append(rkeys, x.setKey(k), x.dataKey(k))
+	}
+	n, err := traceAppendScript.Run(ctx, x.s.c, rkeys, a.id, a.atMS, a.data, a.max, a.ttlMS).Int()
+	if err != nil {
+		return false, fmt.Errorf("append trace entry %q: %w", a.id, err)
+	}
+	return n == 1, nil
+}
+
+// List reads the sorted set and the hash in one MULTI/EXEC.
+func (x redisTraceIndex) List(ctx context.Context, key string) (Trace, error) {
+	if err := checkTraceKey("trace key", key); err != nil {
+		return Trace{}, err
+	}
+	var (
+		order *redis.ZSliceCmd
+		data  *redis.MapStringStringCmd
+	)
+	_, err := x.s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		order = p.ZRangeWithScores(ctx, x.setKey(key), 0, -1)
+		data = p.HGetAll(ctx, x.dataKey(key))
+		return nil
+	})
+	if err != nil {
+		return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+	}
+	zs, m := order.Val(), data.Val()
+	if len(zs) == 0 {
+		return Trace{}, fmt.Errorf("trace %q: %w", key, ErrNotFound)
+	}
+	var t Trace
+	if d, ok := m[""]; ok {
+		if t.Dropped, err = strconv.ParseInt(d, 10, 64); err != nil {
+			return Trace{}, fmt.Errorf("list trace %q: dropped count %q: %w", key, d, err)
+		}
+	}
+	t.Entries = make([]TraceEntry, 0, len(zs))
+	for _, z := range zs {
+		id, _ := z.Member.(string)
+		t.Entries = append(t.Entries, TraceEntry{ID: id, At: fromMS(int64(z.Score)), Data: traceData([]byte(m[id]))})
+	}
+	return t, nil
 }

@@ -1,7 +1,7 @@
 // Package sitestate holds the state one site's services share: the read-only
 // replica of the directory, the POP3 UIDL ledger, idempotency keys, the
-// Message-ID index that routes replies to shared mailboxes, and rate-limit
-// counters.
+// Message-ID index that routes replies to shared mailboxes, rate-limit
+// counters, and the trace index that lets an operator follow a message.
 //
 // Two implementations exist, chosen by [Config.Backend] and built by [Open]:
 // Redis (per-site deployments, where several processes share the state) and
@@ -49,6 +49,7 @@ type Store interface {
 	Idempotency() Idempotency
 	MessageIndex() MessageIndex
 	RateLimits() RateLimits
+	TraceIndex() TraceIndex
 
 	// Ping reports whether the backend answers (readiness).
 	Ping(ctx context.Context) error
@@ -302,4 +303,74 @@ type RateLimits interface {
 	// Reset closes key's window (e.g. to clear an AUTH lockout after a
 	// success); a missing key is not an error.
 	Reset(ctx context.Context, key string) error
+}
+
+// ---------------------------------------------------------------------------
+// Trace index
+
+// Limits of the trace index.
+const (
+	// MaxTraceEntries is the largest TracePolicy.MaxEntries accepted.
+	MaxTraceEntries = 100_000
+	// MaxTraceData is the largest TraceEntry.Data accepted, in bytes
+	// (compacted).
+	MaxTraceData = 64 << 10
+	// MaxTraceKey is the longest trace list key or entry ID accepted, in
+	// bytes: room for a namespace and the longest Message-ID.
+	MaxTraceKey = 1024
+)
+
+// TraceEntry is one record in a trace list: for the router, one mail.status
+// record of a message.
+type TraceEntry struct {
+	// ID identifies the record within a list: appending an ID the list
+	// already holds changes nothing, so a record consumed twice is listed
+	// once (the first one stays). Non-empty UTF-8, at most MaxTraceKey
+	// bytes.
+	ID string
+	// At is when the record's event happened; a list is ordered by At,
+	// then by ID (byte order). Zero means now.
+	At time.Time
+	// Data is the record as JSON, stored compacted (at most MaxTraceData
+	// bytes; empty means none, returned as nil). The index does not
+	// interpret it.
+	Data json.RawMessage
+}
+
+// TracePolicy bounds a trace list, at each Append.
+type TracePolicy struct {
+	// TTL is how long a list is kept after its last Append (positive):
+	// every Append, even of an entry already there, restarts it, and the
+	// whole list expires at once.
+	TTL time.Duration
+	// MaxEntries is the most entries a list keeps, 1 to MaxTraceEntries.
+	// An Append that takes a list past it removes the entries that sort
+	// first (the oldest) and counts them in Trace.Dropped.
+	MaxEntries int
+}
+
+// Trace is one trace list.
+type Trace struct {
+	// Entries are ordered by At, then ID.
+	Entries []TraceEntry
+	// Dropped counts the entries removed to keep the list within
+	// TracePolicy.MaxEntries. Removed entries are forgotten: one appended
+	// again (a redelivered record) is added, then removed again if it is
+	// still the oldest, and counted again.
+	Dropped int64
+}
+
+// TraceIndex keeps, under opaque keys that callers namespace
+// ("msgid:<normalised Message-ID>", "inbound:<id>"), time-ordered lists of
+// records for a limited time. Keys are non-empty UTF-8 of at most
+// MaxTraceKey bytes.
+type TraceIndex interface {
+	// Append adds e to the list of each of keys (at least one; duplicates
+	// are ignored) in one atomic step, applying p to each list. added
+	// reports whether e was new to at least one list. An invalid key,
+	// entry or policy is ErrInvalid and changes nothing.
+	Append(ctx context.Context, keys []string, e TraceEntry, p TracePolicy) (added bool, err error)
+	// List returns the list of key, or ErrNotFound if it has no entries
+	// (never appended to, or expired).
+	List(ctx context.Context, key string) (Trace, error)
 }

@@ -64,10 +64,27 @@ var migrations = [][]string{
 		) WITHOUT ROWID`,
 		`CREATE INDEX rate_limit_reset ON rate_limit (reset_ms)`,
 	},
+	// 1 → 2: the trace index
+	{
+		`CREATE TABLE trace_list (
+			key        TEXT    PRIMARY KEY,
+			expires_ms INTEGER NOT NULL,
+			dropped    INTEGER NOT NULL DEFAULT 0
+		) WITHOUT ROWID`,
+		`CREATE INDEX trace_list_expires ON trace_list (expires_ms)`,
+		`CREATE TABLE trace_entry (
+			key   TEXT    NOT NULL, -- the trace_list it belongs to
+			id    TEXT    NOT NULL,
+			at_ms INTEGER NOT NULL,
+			body  BLOB    NOT NULL, -- TraceEntry.Data, compacted ('' for none)
+			PRIMARY KEY (key, id)
+		) WITHOUT ROWID`,
+		`CREATE INDEX trace_entry_order ON trace_entry (key, at_ms, id)`,
+	},
 }
 
-// purgeInterval is how often expired idempotency keys, Message-IDs and rate
-// limit windows are removed from the SQLite file (reads ignore them anyway).
+// purgeInterval is how often expired idempotency keys, Message-IDs, rate
+// limit windows and trace lists are removed from the SQLite file (reads ignore them anyway).
 const purgeInterval = time.Minute
 
 // sqliteStore keeps the site state in one SQLite file in WAL mode. Every
@@ -195,7 +212,8 @@ func (s *sqliteStore) purgeLoop(ctx context.Context) {
 	}
 }
 
-// purge deletes expired idempotency keys, Message-IDs and rate-limit windows.
+// purge deletes expired idempotency keys, Message-IDs, rate-limit windows
+// and trace lists.
 func (s *sqliteStore) purge(ctx context.Context) error {
 	now := time.Now().UnixMilli()
 	return s.write(ctx, func(tx *sql.Tx) error {
@@ -203,6 +221,8 @@ func (s *sqliteStore) purge(ctx context.Context) error {
 			`DELETE FROM idempotency WHERE expires_ms <= ?`,
 			`DELETE FROM message_index WHERE expires_ms <= ?`,
 			`DELETE FROM rate_limit WHERE reset_ms <= ?`,
+			`DELETE FROM trace_entry WHERE key IN (SELECT key FROM trace_list WHERE expires_ms <= ?)`,
+			`DELETE FROM trace_list WHERE expires_ms <= ?`,
 		} {
 			if _, err := tx.ExecContext(ctx, q, now); err != nil {
 				return err
@@ -230,6 +250,7 @@ func (s *sqliteStore) Ledger() Ledger             { return sqliteLedger{s} }
 func (s *sqliteStore) Idempotency() Idempotency   { return sqliteIdempotency{s} }
 func (s *sqliteStore) MessageIndex() MessageIndex { return sqliteMessageIndex{s} }
 func (s *sqliteStore) RateLimits() RateLimits     { return sqliteRateLimits{s} }
+func (s *sqliteStore) TraceIndex() TraceIndex     { return sqliteTraceIndex{s} }
 
 func (s *sqliteStore) Ping(ctx context.Context) error {
 	var n int
@@ -851,4 +872,110 @@ func (r sqliteRateLimits) Reset(ctx context.Context, key string) error {
 		return fmt.Errorf("reset rate limit %q: %w", key, err)
 	}
 	return nil
+}
+
+// ---------------------------------------------------------------------------
+
+type sqliteTraceIndex struct{ s *sqliteStore }
+
+// Append updates every list in one IMMEDIATE transaction (one fsync). A
+// list whose TTL ran out but that the purge has not removed yet is emptied
+// first, so that it starts again as a new list.
+func (x sqliteTraceIndex) Append(ctx context.Context, keys []string, e TraceEntry, p TracePolicy) (bool, error) {
+	a, err := prepareTraceAppend(keys, e, p)
+	if err != nil {
+		return false, err
+	}
+	if a.data == nil {
+		a.data = []byte{}
+	}
+	now := time.Now().UnixMilli()
+	added := false
+	err = x.s.write(ctx, func(tx *sql.Tx) error {
+		for _, k := range a.keys {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM trace_entry WHERE key = ?1
+				AND EXISTS (SELECT 1 FROM trace_list WHERE key = ?1 AND expires_ms <= ?2)`, k, now); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `
+				INSERT INTO trace_list (key, expires_ms, dropped) VALUES (?1, ?2, 0)
+				ON CONFLICT (key) DO UPDATE SET
+					dropped    = CASE WHEN expires_ms <= ?3 THEN 0 ELSE dropped END,
+					expires_ms = excluded.expires_ms`, k, now+a.ttlMS, now); err != nil {
+				return err
+			}
+			res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO trace_entry (key, id, at_ms, body) VALUES (?, ?, ?, ?)`,
+				k, a.id, a.atMS, a.data)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				continue
+			}
+			added = true
+			var count int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM trace_entry WHERE key = ?`, k).Scan(&count); err != nil {
+				return err
+			}
+			if over := count - a.max; over > 0 {
+				if _, err := tx.ExecContext(ctx, `DELETE FROM trace_entry WHERE key = ?1 AND id IN (
+					SELECT id FROM trace_entry WHERE key = ?1 ORDER BY at_ms, id LIMIT ?2)`, k, over); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE trace_list SET dropped = dropped + ? WHERE key = ?`, over, k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("append trace entry %q: %w", a.id, err)
+	}
+	return added, nil
+}
+
+// List reads the list in one read transaction (one snapshot).
+func (x sqliteTraceIndex) List(ctx context.Context, key string) (Trace, error) {
+	if err := checkTraceKey("trace key", key); err != nil {
+		return Trace{}, err
+	}
+	tx, err := x.s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+	}
+	defer tx.Rollback()
+	var t Trace
+	err = tx.QueryRowContext(ctx, `SELECT dropped FROM trace_list WHERE key = ? AND expires_ms > ?`,
+		key, time.Now().UnixMilli()).Scan(&t.Dropped)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Trace{}, fmt.Errorf("trace %q: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, at_ms, body FROM trace_entry WHERE key = ? ORDER BY at_ms, id`, key)
+	if err != nil {
+		return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e TraceEntry
+		var at int64
+		var body []byte
+		if err := rows.Scan(&e.ID, &at, &body); err != nil {
+			return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+		}
+		e.At, e.Data = fromMS(at), traceData(body)
+		t.Entries = append(t.Entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return Trace{}, fmt.Errorf("list trace %q: %w", key, err)
+	}
+	if len(t.Entries) == 0 {
+		return Trace{}, fmt.Errorf("trace %q: %w", key, ErrNotFound)
+	}
+	return t, nil
 }

@@ -110,6 +110,11 @@ func fill(t *testing.T, s sitestate.Store) {
 		func() error { _, err := s.Idempotency().Claim(ctx, "k", time.Hour); return err }(),
 		s.MessageIndex().Put(ctx, "<m@x>", sitestate.MessageRecord{StaffUserID: "u1"}, time.Hour),
 		func() error { _, _, err := s.RateLimits().Hit(ctx, "r", time.Hour); return err }(),
+		func() error {
+			_, err := s.TraceIndex().Append(ctx, []string{"t"}, sitestate.TraceEntry{ID: "e1", Data: []byte(`{"n":1}`)},
+				sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 10})
+			return err
+		}(),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +142,9 @@ func checkFilled(t *testing.T, s sitestate.Store) {
 	}
 	if n, _, err := s.RateLimits().Count(ctx, "r"); err != nil || n != 1 {
 		t.Errorf("rate limit: %d, %v", n, err)
+	}
+	if tr, err := s.TraceIndex().List(ctx, "t"); err != nil || len(tr.Entries) != 1 || string(tr.Entries[0].Data) != `{"n":1}` {
+		t.Errorf("trace index: %+v, %v", tr, err)
 	}
 }
 
@@ -195,7 +203,7 @@ func TestRedisKeysExpire(t *testing.T) {
 	fill(t, s)
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	defer c.Close()
-	for _, k := range []string{"idem:k", "msgid:m@x", "rl:r"} {
+	for _, k := range []string{"idem:k", "msgid:m@x", "rl:r", "trace:z:t", "trace:d:t"} {
 		ttl, err := c.PTTL(t.Context(), prefix+k).Result()
 		if err != nil || ttl <= 0 || ttl > time.Hour {
 			t.Errorf("PTTL %s = %v, %v; want a TTL up to an hour", k, ttl, err)
@@ -232,6 +240,10 @@ func TestSQLitePurgeRemovesExpiredRows(t *testing.T) {
 	must(err)
 	_, _, err = s.RateLimits().Hit(ctx, "long", time.Hour)
 	must(err)
+	_, err = s.TraceIndex().Append(ctx, []string{"short"}, sitestate.TraceEntry{ID: "e"}, sitestate.TracePolicy{TTL: short, MaxEntries: 10})
+	must(err)
+	_, err = s.TraceIndex().Append(ctx, []string{"long"}, sitestate.TraceEntry{ID: "e"}, sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 10})
+	must(err)
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -240,7 +252,8 @@ func TestSQLitePurgeRemovesExpiredRows(t *testing.T) {
 		_, lerr := s.MessageIndex().Lookup(ctx, "<short@x>")
 		n, _, err := s.RateLimits().Count(ctx, "short")
 		must(err)
-		if !seen && errors.Is(lerr, sitestate.ErrNotFound) && n == 0 {
+		_, terr := s.TraceIndex().List(ctx, "short")
+		if !seen && errors.Is(lerr, sitestate.ErrNotFound) && n == 0 && errors.Is(terr, sitestate.ErrNotFound) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -249,7 +262,7 @@ func TestSQLitePurgeRemovesExpiredRows(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	must(sitestate.PurgeSQLite(ctx, s))
-	for _, table := range []string{"idempotency", "message_index", "rate_limit"} {
+	for _, table := range []string{"idempotency", "message_index", "rate_limit", "trace_list", "trace_entry"} {
 		n, err := sitestate.SQLiteRows(ctx, s, table)
 		must(err)
 		if n != 1 {
@@ -303,6 +316,35 @@ func TestSQLiteTwoHandlesOneFile(t *testing.T) {
 	if err != nil || len(l) != 2*4*25 {
 		t.Errorf("List = %d entries, %v; want %d", len(l), err, 2*4*25)
 	}
+}
+
+// TestSQLiteUpgradesVersion1: a database written before the trace index
+// (schema version 1) keeps its contents and gains the index on open.
+func TestSQLiteUpgradesVersion1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "site.db")
+	s := openSQLite(t, path)
+	fill(t, s)
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP TABLE trace_entry`, `DROP TABLE trace_list`, `PRAGMA user_version = 1`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	s = openSQLite(t, path)
+	ctx := t.Context()
+	if _, err := s.TraceIndex().List(ctx, "t"); !errors.Is(err, sitestate.ErrNotFound) {
+		t.Errorf("trace list in an upgraded database: %v, want ErrNotFound", err)
+	}
+	if _, err := s.TraceIndex().Append(ctx, []string{"t"}, sitestate.TraceEntry{ID: "e1", Data: []byte(`{"n":1}`)},
+		sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 10}); err != nil {
+		t.Fatal(err)
+	}
+	checkFilled(t, s)
 }
 
 func TestSQLiteRefusesNewerSchema(t *testing.T) {

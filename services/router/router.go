@@ -4,13 +4,16 @@
 // `postern serve` both use New.
 //
 // The rules are in internal/routing, the consumer (idempotency, statuses,
-// bounces, metrics) in internal/pipeline.
+// bounces, metrics) in internal/pipeline, the message trace (the mail.status
+// indexer and GET /v1/trace on the side server) in trace.
 package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/postern/postern/internal/opshttp"
 	"github.com/postern/postern/services/router/internal/pipeline"
 	"github.com/postern/postern/services/router/internal/routing"
+	"github.com/postern/postern/services/router/trace"
 )
 
 // Policies for mail to unknown addresses in the organisation's domains (the
@@ -37,7 +41,7 @@ const DefaultConsumers = 3
 
 // Config is the router's own configuration (the shared part is app.Common).
 type Config struct {
-	HTTP              opshttp.Config `yaml:"http" doc:"side server of the router: /healthz, /readyz, /metrics"`
+	HTTP              opshttp.Config `yaml:"http" doc:"side server of the router: /healthz, /readyz, /metrics and the message trace (/v1/trace)"`
 	ConsumerGroup     string         `yaml:"consumer_group" doc:"Kafka consumer group of this site's routers (every router process of the site uses the same one, and they share the partitions of mail.inbound); empty: postern-<site>-router"`
 	Consumers         int            `yaml:"consumers" doc:"consumers of mail.inbound in this process, all in consumer_group; records of different partitions are routed in parallel, so more than bus.partitions (counting every router process of the site) only adds idle consumers"`
 	UnknownRecipients string         `yaml:"unknown_recipients" doc:"mail for an address in the organisation's domains that nobody owns: bounce (refused, and the sender gets a DSN) or postmaster (delivered to the postmaster address)"`
@@ -46,6 +50,7 @@ type Config struct {
 	MessageIDTTL      time.Duration  `yaml:"message_id_ttl" doc:"how long the Message-IDs of mail staff sent for a shared mailbox are remembered, so that replies reach the staff member who wrote"`
 	IdempotencyTTL    time.Duration  `yaml:"idempotency_ttl" doc:"how long the router remembers the records it published, so that a redelivered mail.inbound record yields no second delivery record; far longer than a record can wait in Kafka"`
 	ReportingMTA      string         `yaml:"reporting_mta" doc:"host name the router names in the bounces (DSNs) it writes (Reporting-MTA); empty: this machine's host name"`
+	Trace             trace.Config   `yaml:"trace" doc:"the message trace: mail.status indexed per Message-ID and inbound id (postern trace, GET /v1/trace)"`
 }
 
 // DefaultConfig is the single-box default.
@@ -57,6 +62,7 @@ func DefaultConfig() Config {
 		MaxHops:           routing.DefaultMaxHops,
 		MessageIDTTL:      routing.DefaultMessageIDTTL,
 		IdempotencyTTL:    pipeline.DefaultIdempotencyTTL,
+		Trace:             trace.DefaultConfig(),
 	}
 }
 
@@ -95,6 +101,7 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.ConsumerGroup, " \t\r\n") {
 		errs = append(errs, config.Errorf("consumer_group", "%q contains white space", c.ConsumerGroup))
 	}
+	errs = append(errs, config.Prefix("trace", c.Trace.Validate()))
 	return config.Join(errs...)
 }
 
@@ -108,6 +115,10 @@ type Service struct {
 	log   *slog.Logger
 	group string
 	pipe  *pipeline.Pipeline
+
+	traceGroup string
+	indexer    *trace.Indexer // nil when tracing is off
+	traceHTTP  *trace.Handler
 }
 
 var _ app.Service = (*Service)(nil)
@@ -155,14 +166,32 @@ func New(cfg Config, rt *app.Runtime) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	return &Service{cfg: cfg, rt: rt, log: log, group: group, pipe: pipe}, nil
+	s := &Service{cfg: cfg, rt: rt, log: log, group: group, pipe: pipe,
+		traceGroup: cfg.Trace.ConsumerGroup,
+		traceHTTP:  &trace.Handler{Site: rt.Common.Site, Index: rt.State.TraceIndex(), Enabled: cfg.Trace.Enabled, Log: log},
+	}
+	if s.traceGroup == "" {
+		s.traceGroup = "postern-" + rt.Common.Site + "-router-trace"
+	}
+	if cfg.Trace.Enabled {
+		if s.indexer, err = trace.NewIndexer(cfg.Trace, rt.State.TraceIndex(), rt.Telemetry.MeterProvider(), log); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Name is "router".
 func (s *Service) Name() string { return "router" }
 
-// Unit is the service with its side HTTP server, for app.Run.
-func (s *Service) Unit() app.Unit { return app.Unit{Service: s, HTTP: s.cfg.HTTP} }
+// Unit is the service with its side HTTP server, for app.Run; the server
+// answers the message trace at trace.Path.
+func (s *Service) Unit() app.Unit {
+	return app.Unit{Service: s, HTTP: s.cfg.HTTP, Routes: []opshttp.Route{{Pattern: "GET " + trace.Path, Handler: s.traceHTTP}}}
+}
+
+// TraceHandler is the handler of GET /v1/trace (mounted by Unit).
+func (s *Service) TraceHandler() http.Handler { return s.traceHTTP }
 
 // Checks are the router's readiness checks: the broker and the site state.
 func (s *Service) Checks() []opshttp.Check {
@@ -172,10 +201,34 @@ func (s *Service) Checks() []opshttp.Check {
 // Run waits until the directory replica has been synced once, then runs
 // Config.Consumers consumers of mail.inbound in the router's group until
 // ctx is cancelled; the records of different partitions are routed in
-// parallel. A record in flight when ctx is cancelled is not committed: it
-// is delivered again. If one consumer fails, the others are stopped and Run
+// parallel. From the start, and apart from that, one consumer of
+// mail.status in the trace group indexes outcomes (unless Trace.Enabled is
+// off). A record in flight when ctx is cancelled is not committed: it is
+// delivered again. If one consumer fails, the others are stopped and Run
 // returns the error.
 func (s *Service) Run(ctx context.Context) error {
+	if s.indexer == nil {
+		return s.route(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	traced := make(chan error, 1)
+	go func() {
+		s.log.Info("router indexing statuses for message traces", "topic", s.rt.Bus.Topic(events.TopicStatus), "group", s.traceGroup)
+		err := s.rt.Bus.ConsumeAll(ctx, s.indexer.Subscription(s.traceGroup))
+		if err != nil {
+			err = fmt.Errorf("router: trace indexer: %w", err)
+			cancel()
+		}
+		traced <- err
+	}()
+	err := s.route(ctx)
+	cancel()
+	return errors.Join(err, <-traced)
+}
+
+// route runs the routing consumers (see Run).
+func (s *Service) route(ctx context.Context) error {
 	if !s.waitForDirectory(ctx) {
 		return nil
 	}

@@ -36,8 +36,12 @@ func TestConfigValidateNamesEveryBadKey(t *testing.T) {
 	c.ReportingMTA = "mx example"
 	c.ConsumerGroup = "a b"
 	c.Consumers = 0
+	c.Trace.Retention = time.Minute
+	c.Trace.MaxRecords = 0
+	c.Trace.ConsumerGroup = "x y"
 	keys := config.Keys(config.Validate(&c))
-	for _, want := range []string{"unknown_recipients", "max_hops", "message_id_ttl", "idempotency_ttl", "reporting_mta", "consumer_group", "consumers"} {
+	for _, want := range []string{"unknown_recipients", "max_hops", "message_id_ttl", "idempotency_ttl", "reporting_mta", "consumer_group", "consumers",
+		"trace.retention", "trace.max_records", "trace.consumer_group"} {
 		if !slices.Contains(keys, want) {
 			t.Errorf("no error for %s; got %v", want, keys)
 		}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,6 +61,12 @@ func Run(t *testing.T, open func(t *testing.T) sitestate.Store) {
 		{"RateLimits/WindowExpiry", testRateLimitsExpiry},
 		{"RateLimits/ConcurrentHits", testRateLimitsConcurrent},
 		{"RateLimits/Invalid", testRateLimitsInvalid},
+		{"TraceIndex/AppendAndListInOrder", testTraceOrder},
+		{"TraceIndex/AppendIsIdempotent", testTraceIdempotent},
+		{"TraceIndex/ConcurrentAppendOnce", testTraceConcurrent},
+		{"TraceIndex/BoundDropsOldest", testTraceBound},
+		{"TraceIndex/Expiry", testTraceExpiry},
+		{"TraceIndex/Invalid", testTraceInvalid},
 		{"PingAndClose", testPingClose},
 	}
 	for _, tt := range tests {
@@ -1435,6 +1442,247 @@ func testRateLimitsInvalid(t *testing.T, s sitestate.Store) {
 }
 
 // ---------------------------------------------------------------------------
+// Trace index
+
+var tracePolicy = sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 1000}
+
+func traceIDs(tr sitestate.Trace) []string {
+	var out []string
+	for _, e := range tr.Entries {
+		out = append(out, e.ID)
+	}
+	return out
+}
+
+func testTraceOrder(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	_, err := x.List(ctx, "msgid:m1@example.com")
+	wantNotFound(t, "List of an empty index", err)
+
+	keys := []string{"msgid:m1@example.com", "inbound:i1", "msgid:m1@example.com"}
+	// Appended out of order; two at the same millisecond.
+	for _, e := range []sitestate.TraceEntry{
+		{ID: "c-delivered", At: t0.Add(2 * time.Second), Data: json.RawMessage(`{ "outcome" : "delivered" }`)},
+		{ID: "b-deferred", At: t0.Add(time.Second), Data: json.RawMessage(`{"outcome":"deferred"}`)},
+		{ID: "a-rejected", At: t0.Add(time.Second), Data: json.RawMessage(`{"outcome":"rejected"}`)},
+		{ID: "z-first", At: t0},
+	} {
+		added, err := x.Append(ctx, keys, e, tracePolicy)
+		must(t, err)
+		if !added {
+			t.Errorf("Append(%s): added = false for a new entry", e.ID)
+		}
+	}
+	want := []string{"z-first", "a-rejected", "b-deferred", "c-delivered"}
+	for _, k := range []string{"msgid:m1@example.com", "inbound:i1"} {
+		tr, err := x.List(ctx, k)
+		must(t, err)
+		if !slices.Equal(traceIDs(tr), want) || tr.Dropped != 0 {
+			t.Errorf("List(%s) = %v dropped %d, want %v (by time, then id) dropped 0", k, traceIDs(tr), tr.Dropped, want)
+			continue
+		}
+		for i, at := range []time.Time{t0, t0.Add(time.Second), t0.Add(time.Second), t0.Add(2 * time.Second)} {
+			if !tr.Entries[i].At.Equal(ms(at)) {
+				t.Errorf("List(%s)[%d].At = %v, want %v", k, i, tr.Entries[i].At, ms(at))
+			}
+			isUTC(t, "At", tr.Entries[i].At)
+		}
+		if tr.Entries[0].Data != nil {
+			t.Errorf("entry without data came back with %q", tr.Entries[0].Data)
+		}
+		if got := string(tr.Entries[3].Data); got != `{"outcome":"delivered"}` {
+			t.Errorf("data = %s, want it compacted", got)
+		}
+	}
+	// Another key is another list.
+	_, err = x.List(ctx, "msgid:m2@example.com")
+	wantNotFound(t, "List of another key", err)
+	// A zero time is now.
+	before := time.Now().Add(-time.Millisecond)
+	_, err = x.Append(ctx, []string{"inbound:i2"}, sitestate.TraceEntry{ID: "now"}, tracePolicy)
+	must(t, err)
+	tr, err := x.List(ctx, "inbound:i2")
+	must(t, err)
+	if len(tr.Entries) != 1 || tr.Entries[0].At.Before(before) || tr.Entries[0].At.After(time.Now().Add(time.Millisecond)) {
+		t.Errorf("entry appended with a zero time: %+v, want now", tr.Entries)
+	}
+}
+
+func testTraceIdempotent(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	first := sitestate.TraceEntry{ID: "s1", At: t0, Data: json.RawMessage(`{"n":1}`)}
+	again := sitestate.TraceEntry{ID: "s1", At: t0.Add(time.Minute), Data: json.RawMessage(`{"n":2}`)}
+	added, err := x.Append(ctx, []string{"k1"}, first, tracePolicy)
+	must(t, err)
+	if !added {
+		t.Error("first Append: added = false")
+	}
+	// The same record consumed again: nothing changes, the first stays.
+	added, err = x.Append(ctx, []string{"k1"}, again, tracePolicy)
+	must(t, err)
+	if added {
+		t.Error("Append of an id the list holds: added = true")
+	}
+	tr, err := x.List(ctx, "k1")
+	must(t, err)
+	if len(tr.Entries) != 1 || string(tr.Entries[0].Data) != `{"n":1}` || !tr.Entries[0].At.Equal(ms(t0)) {
+		t.Errorf("after a repeated Append: %+v, want the first entry once", tr.Entries)
+	}
+	// New to one of the lists: added there, and only once in the other.
+	added, err = x.Append(ctx, []string{"k1", "k2"}, again, tracePolicy)
+	must(t, err)
+	if !added {
+		t.Error("Append new to k2: added = false")
+	}
+	for k, want := range map[string]string{"k1": `{"n":1}`, "k2": `{"n":2}`} {
+		tr, err := x.List(ctx, k)
+		must(t, err)
+		if len(tr.Entries) != 1 || string(tr.Entries[0].Data) != want {
+			t.Errorf("List(%s) = %+v, want one entry with %s", k, tr.Entries, want)
+		}
+	}
+}
+
+func testTraceConcurrent(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	const n = 20
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			// Every goroutine appends the same record, and one of its own.
+			added, err := x.Append(ctx, []string{"msgid:x", "inbound:y"}, sitestate.TraceEntry{ID: "same", At: t0}, tracePolicy)
+			if err != nil {
+				t.Error(err)
+			}
+			if added {
+				wins.Add(1)
+			}
+			if _, err := x.Append(ctx, []string{"msgid:x"}, sitestate.TraceEntry{ID: fmt.Sprintf("own-%02d", i), At: t0.Add(time.Second)}, tracePolicy); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if w := wins.Load(); w != 1 {
+		t.Errorf("%d concurrent Appends of one record reported added, want 1", w)
+	}
+	tr, err := x.List(ctx, "msgid:x")
+	must(t, err)
+	if len(tr.Entries) != n+1 || tr.Entries[0].ID != "same" {
+		t.Errorf("List = %v, want same then %d own entries", traceIDs(tr), n)
+	}
+}
+
+func testTraceBound(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	p := sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 5}
+	// Eight entries, out of order: the three oldest go.
+	for _, i := range []int{3, 7, 0, 5, 1, 6, 2, 4} {
+		_, err := x.Append(ctx, []string{"k"}, sitestate.TraceEntry{ID: fmt.Sprintf("e%d", i), At: t0.Add(time.Duration(i) * time.Second)}, p)
+		must(t, err)
+	}
+	tr, err := x.List(ctx, "k")
+	must(t, err)
+	if want := []string{"e3", "e4", "e5", "e6", "e7"}; !slices.Equal(traceIDs(tr), want) || tr.Dropped != 3 {
+		t.Errorf("List = %v dropped %d, want %v dropped 3", traceIDs(tr), tr.Dropped, want)
+	}
+	// A kept entry again: nothing changes.
+	added, err := x.Append(ctx, []string{"k"}, sitestate.TraceEntry{ID: "e5", At: t0.Add(5 * time.Second)}, p)
+	must(t, err)
+	if added {
+		t.Error("Append of a kept entry: added = true")
+	}
+	// A dropped one again (redelivered): still not kept, counted again.
+	_, err = x.Append(ctx, []string{"k"}, sitestate.TraceEntry{ID: "e0", At: t0}, p)
+	must(t, err)
+	tr, err = x.List(ctx, "k")
+	must(t, err)
+	if want := []string{"e3", "e4", "e5", "e6", "e7"}; !slices.Equal(traceIDs(tr), want) || tr.Dropped != 4 {
+		t.Errorf("after a dropped entry came again: %v dropped %d, want %v dropped 4", traceIDs(tr), tr.Dropped, want)
+	}
+	// A lower bound takes effect at the next Append.
+	_, err = x.Append(ctx, []string{"k"}, sitestate.TraceEntry{ID: "e8", At: t0.Add(8 * time.Second)}, sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 2})
+	must(t, err)
+	tr, err = x.List(ctx, "k")
+	must(t, err)
+	if want := []string{"e7", "e8"}; !slices.Equal(traceIDs(tr), want) || tr.Dropped != 8 {
+		t.Errorf("after lowering the bound: %v dropped %d, want %v dropped 8", traceIDs(tr), tr.Dropped, want)
+	}
+}
+
+func testTraceExpiry(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	short := sitestate.TracePolicy{TTL: 100 * time.Millisecond, MaxEntries: 2}
+	for i := range 3 {
+		_, err := x.Append(ctx, []string{"short", "both"}, sitestate.TraceEntry{ID: fmt.Sprintf("s%d", i), At: t0.Add(time.Duration(i) * time.Second)}, short)
+		must(t, err)
+	}
+	_, err := x.Append(ctx, []string{"long"}, sitestate.TraceEntry{ID: "l", At: t0}, tracePolicy)
+	must(t, err)
+	// An Append restarts the TTL of the whole list.
+	_, err = x.Append(ctx, []string{"both"}, sitestate.TraceEntry{ID: "b", At: t0.Add(3 * time.Second)}, sitestate.TracePolicy{TTL: time.Hour, MaxEntries: 2})
+	must(t, err)
+	eventually(t, "trace list expires", func() (bool, error) {
+		_, err := x.List(ctx, "short")
+		if errors.Is(err, sitestate.ErrNotFound) {
+			return true, nil
+		}
+		return false, err
+	})
+	if tr, err := x.List(ctx, "long"); err != nil || len(tr.Entries) != 1 {
+		t.Errorf("List(long) = %+v, %v", tr, err)
+	}
+	if tr, err := x.List(ctx, "both"); err != nil || !slices.Equal(traceIDs(tr), []string{"s2", "b"}) {
+		t.Errorf("List(both) = %v, %v; want [s2 b] (its TTL restarted by the last Append)", traceIDs(tr), err)
+	}
+	// An expired list starts again empty, its dropped count too.
+	added, err := x.Append(ctx, []string{"short"}, sitestate.TraceEntry{ID: "s0", At: t0}, tracePolicy)
+	must(t, err)
+	if !added {
+		t.Error("Append to an expired list: added = false")
+	}
+	tr, err := x.List(ctx, "short")
+	must(t, err)
+	if !slices.Equal(traceIDs(tr), []string{"s0"}) || tr.Dropped != 0 {
+		t.Errorf("List after expiry and Append = %v dropped %d, want [s0] dropped 0", traceIDs(tr), tr.Dropped)
+	}
+}
+
+func testTraceInvalid(t *testing.T, s sitestate.Store) {
+	ctx, x := ctxFor(t), s.TraceIndex()
+	ok := sitestate.TraceEntry{ID: "e", At: t0, Data: json.RawMessage(`{}`)}
+	longKey := strings.Repeat("k", sitestate.MaxTraceKey+1)
+	for _, tc := range []struct {
+		what string
+		keys []string
+		e    sitestate.TraceEntry
+		p    sitestate.TracePolicy
+	}{
+		{"no key", nil, ok, tracePolicy},
+		{"an empty key", []string{"k", ""}, ok, tracePolicy},
+		{"a key that is not UTF-8", []string{"k", "\xff"}, ok, tracePolicy},
+		{"a key too long", []string{"k", longKey}, ok, tracePolicy},
+		{"an empty id", []string{"k"}, sitestate.TraceEntry{At: t0}, tracePolicy},
+		{"an id too long", []string{"k"}, sitestate.TraceEntry{ID: longKey}, tracePolicy},
+		{"data that is not JSON", []string{"k"}, sitestate.TraceEntry{ID: "e", Data: json.RawMessage(`{"a":`)}, tracePolicy},
+		{"data too large", []string{"k"}, sitestate.TraceEntry{ID: "e", Data: json.RawMessage(`"` + strings.Repeat("x", sitestate.MaxTraceData) + `"`)}, tracePolicy},
+		{"a zero ttl", []string{"k"}, ok, sitestate.TracePolicy{MaxEntries: 10}},
+		{"a zero bound", []string{"k"}, ok, sitestate.TracePolicy{TTL: time.Hour}},
+		{"a bound too large", []string{"k"}, ok, sitestate.TracePolicy{TTL: time.Hour, MaxEntries: sitestate.MaxTraceEntries + 1}},
+	} {
+		_, err := x.Append(ctx, tc.keys, tc.e, tc.p)
+		wantInvalid(t, "Append with "+tc.what, err)
+	}
+	_, err := x.List(ctx, "")
+	wantInvalid(t, "List of an empty key", err)
+	_, err = x.List(ctx, longKey)
+	wantInvalid(t, "List of a key too long", err)
+	_, err = x.List(ctx, "k")
+	wantNotFound(t, "List after invalid Appends", err)
+}
+
+// ---------------------------------------------------------------------------
 
 func testPingClose(t *testing.T, s sitestate.Store) {
 	ctx := ctxFor(t)
@@ -1454,5 +1702,8 @@ func testPingClose(t *testing.T, s sitestate.Store) {
 	}
 	if _, err := s.Idempotency().SeenAll(ctx, []string{"k", "l"}); err == nil {
 		t.Error("SeenAll after Close succeeded")
+	}
+	if _, err := s.TraceIndex().Append(ctx, []string{"k"}, sitestate.TraceEntry{ID: "e"}, tracePolicy); err == nil {
+		t.Error("trace Append after Close succeeded")
 	}
 }
