@@ -1,9 +1,12 @@
 package events
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
-// Delivery record headers (mail.delivery, version 1), besides the envelope
-// and source headers shared with mail.inbound.
+// Delivery record headers (mail.delivery, version 1), besides the envelope,
+// source and received-at headers shared with mail.inbound.
 const (
 	HeaderDeliveryID        = "postern-delivery-id"        // unique per destination: idempotency key of the final delivery
 	HeaderInboundID         = "postern-inbound-id"         // the mail.inbound record this came from
@@ -35,7 +38,12 @@ type Delivery struct {
 	Recipients        []string // envelope recipients for this destination
 	OriginalRecipient string   // address as the sender wrote it
 	Source            Source   // where the message entered Postern
-	Message           []byte   // the message as it must be delivered (after any rewrite)
+	// ReceivedAt is when the edge (fetcher or SMTP listener) accepted the
+	// message: the inbound record's ReceivedAt, copied by the router, so
+	// the relay can measure latency from acceptance to final delivery.
+	// Header postern-received-at; zero when absent (older records).
+	ReceivedAt time.Time
+	Message    []byte // the message as it must be delivered (after any rewrite)
 }
 
 // Validate reports the first missing or impossible field.
@@ -97,6 +105,7 @@ func (d Delivery) Encode() (Record, error) {
 	}
 	h.addOpt(HeaderOriginalRecipient, d.OriginalRecipient)
 	writeSource(&h, d.Source)
+	h.addTime(HeaderReceivedAt, d.ReceivedAt)
 	return Record{Key: []byte(d.InboundID), Value: d.Message, Headers: h}, nil
 }
 
@@ -117,6 +126,7 @@ func DecodeDelivery(r Record) (Delivery, error) {
 		Recipients:        r.All(HeaderRecipient),
 		OriginalRecipient: hr.optional(HeaderOriginalRecipient),
 		Source:            readSource(&hr),
+		ReceivedAt:        hr.time(HeaderReceivedAt, false),
 		Message:           r.Value,
 	}
 	if hr.err != nil {

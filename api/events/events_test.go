@@ -63,7 +63,7 @@ func TestDeliveryRoundTrip(t *testing.T) {
 	for _, d := range []Delivery{
 		{ID: "d1", InboundID: "i1", Site: "hq", Destination: DestLocal, Mailbox: "u-zs", MailFrom: "c@example.net",
 			Recipients: []string{"zs@example.com"}, OriginalRecipient: "sales@example.com",
-			Source: Source{Kind: SourcePOP3, POP3Account: "a", POP3UIDL: "1"}, Message: rawMessage},
+			Source: Source{Kind: SourcePOP3, POP3Account: "a", POP3UIDL: "1"}, ReceivedAt: at, Message: rawMessage},
 		{ID: "d2", InboundID: "i1", Destination: DestSite, TargetSite: "branch", Recipients: []string{"x@example.com"},
 			Source: Source{Kind: SourceSMTP}, Message: rawMessage},
 		{ID: "d3", InboundID: "i2", Destination: DestOutbound, MailFrom: "sales@example.com",
@@ -86,7 +86,8 @@ func TestDeliveryRoundTrip(t *testing.T) {
 func TestStatusRoundTrip(t *testing.T) {
 	for _, s := range []Status{
 		{InboundID: "i1", DeliveryID: "d1", Site: "hq", Stage: "relay", Recipient: "zs@example.com", Outcome: OutcomeDelivered,
-			At: at, MessageID: "<m1@example.net>", Source: Source{Kind: SourcePOP3, POP3Account: "a", POP3UIDL: "7"}, Attempt: 1, Destination: DestLocal},
+			At: at, MessageID: "<m1@example.net>", Source: Source{Kind: SourcePOP3, POP3Account: "a", POP3UIDL: "7"}, Attempt: 1, Destination: DestLocal,
+			ReceivedAt: at.Add(-time.Second)},
 		{InboundID: "i2", Stage: "relay", Recipient: "c@example.net", Outcome: OutcomeDeferred, Reason: "451 try later", SMTPCode: 451,
 			NextAttempt: at.Add(time.Minute), At: at, Source: Source{Kind: SourceSMTP}, Attempt: 3, Destination: DestOutbound},
 		{InboundID: "i3", Stage: "router", Recipient: "nobody@example.com", Outcome: OutcomeRejected, Reason: "no such user", At: at, Source: Source{Kind: SourceSMTP}},
@@ -102,6 +103,64 @@ func TestStatusRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(out, s) {
 			t.Errorf("round trip:\n got %+v\nwant %+v", out, s)
 		}
+	}
+}
+
+// ReceivedAt travels on mail.delivery (a header, RFC 3339 with nanoseconds)
+// and mail.status (received_at), through a retry record too, and records
+// written before it existed still decode, with a zero time.
+func TestReceivedAtRoundTrip(t *testing.T) {
+	d := Delivery{ID: "d1", InboundID: "i1", Destination: DestOutbound, Recipients: []string{"c@example.net"},
+		Source: Source{Kind: SourceSMTP}, ReceivedAt: at, Message: rawMessage}
+	rec, err := d.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rec.Get(HeaderReceivedAt); v != "2026-11-21T09:30:00.123456789Z" {
+		t.Errorf("%s header = %q, want RFC 3339 with nanoseconds", HeaderReceivedAt, v)
+	}
+	if out, err := DecodeDelivery(rec); err != nil || !out.ReceivedAt.Equal(at) {
+		t.Errorf("delivery ReceivedAt = %v (%v), want %v", out.ReceivedAt, err, at)
+	}
+	retry, err := Retry{Delivery: d, Attempt: 2, NextAttempt: at.Add(time.Minute), FirstAttempt: at}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := DecodeRetry(retry); err != nil || !out.Delivery.ReceivedAt.Equal(at) {
+		t.Errorf("retry ReceivedAt = %v (%v), want %v", out.Delivery.ReceivedAt, err, at)
+	}
+
+	// An older delivery record without the header.
+	var old []Header
+	for _, h := range rec.Headers {
+		if h.Key != HeaderReceivedAt {
+			old = append(old, h)
+		}
+	}
+	if out, err := DecodeDelivery(Record{Key: rec.Key, Value: rec.Value, Headers: old}); err != nil || !out.ReceivedAt.IsZero() {
+		t.Errorf("delivery without %s: ReceivedAt = %v (%v), want zero", HeaderReceivedAt, out.ReceivedAt, err)
+	}
+
+	s := Status{InboundID: "i1", Stage: "relay", Recipient: "c@example.net", Outcome: OutcomeDelivered, At: at.Add(2 * time.Second),
+		Source: Source{Kind: SourceSMTP}, ReceivedAt: at}
+	srec, err := s.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(srec.Value, []byte(`"received_at":"2026-11-21T09:30:00.123456789Z"`)) {
+		t.Errorf("status JSON %s has no received_at", srec.Value)
+	}
+	if out, err := DecodeStatus(srec); err != nil || !out.ReceivedAt.Equal(at) {
+		t.Errorf("status ReceivedAt = %v (%v), want %v", out.ReceivedAt, err, at)
+	}
+	s.ReceivedAt = time.Time{}
+	if srec, _ = s.Encode(); bytes.Contains(srec.Value, []byte("received_at")) {
+		t.Errorf("status JSON %s has received_at though it is zero", srec.Value)
+	}
+	hdr := []Header{{HeaderType, []byte(TopicStatus)}, {HeaderVersion, []byte("1")}}
+	oldStatus := `{"inbound_id":"i","stage":"relay","recipient":"a@b","outcome":"delivered","at":"2026-11-21T00:00:00Z","source":{"kind":"smtp"}}`
+	if out, err := DecodeStatus(Record{Value: []byte(oldStatus), Headers: hdr}); err != nil || !out.ReceivedAt.IsZero() {
+		t.Errorf("status without received_at: ReceivedAt = %v (%v), want zero", out.ReceivedAt, err)
 	}
 }
 

@@ -40,6 +40,10 @@ type Status struct {
 	Source            Source    `json:"source"`                // where the message entered Postern
 	Attempt           int       `json:"attempt,omitempty"`     // 1 for the first attempt
 	Destination       string    `json:"destination,omitempty"` // Dest*
+	// ReceivedAt is when the edge accepted the message (the inbound
+	// record's ReceivedAt), so that At - ReceivedAt is the message's
+	// latency up to this outcome. Zero (absent) for older records.
+	ReceivedAt time.Time `json:"received_at,omitzero"`
 }
 
 // Validate reports the first missing or impossible field.

@@ -53,6 +53,8 @@ type Bus struct {
 	tracer    trace.Tracer
 	prop      propagator
 	inst      *instruments
+	lag       lagWatch
+	lagReg    metric.Registration // the lag gauge's callback
 	clientID  string
 	transport *kafka.Transport
 	client    *kafka.Client
@@ -127,6 +129,10 @@ func New(cfg Config, opts Options) (*Bus, error) {
 		WriteTimeout: cfg.RequestTimeout,
 		Transport:    transport,
 		ErrorLogger:  kafkaLogger{logger, slog.LevelDebug},
+	}
+	b.lagReg, err = opts.MeterProvider.Meter(instrumentationName).RegisterCallback(b.observeLag, inst.lag)
+	if err != nil {
+		return nil, fmt.Errorf("msgbus: metrics: consumer lag: %w", err)
 	}
 	return b, nil
 }
@@ -451,6 +457,9 @@ func (b *Bus) Close() error {
 	}
 	b.closed = true
 	b.mu.Unlock()
+	if err := b.lagReg.Unregister(); err != nil {
+		b.logger.Debug("unregistering the consumer lag gauge", slog.Any("error", err))
+	}
 	err := b.writer.Close()
 	b.transport.CloseIdleConnections()
 	if err != nil {

@@ -98,6 +98,7 @@ func (b *Bus) Consume(ctx context.Context, s Subscription) error {
 		}
 		return err
 	}
+	b.lag.add(s.Group, s.Topic)
 	wire := b.Topic(s.Topic)
 	logger := b.logger.With(slog.String("topic", wire), slog.String("group", s.Group), slog.String("handler", s.Name))
 	r := kafka.NewReader(kafka.ReaderConfig{

@@ -36,8 +36,8 @@ const (
 // instruments are the bus's metrics. The Prometheus exporter names them
 // postern_bus_records_published_total, postern_bus_published_bytes_total,
 // postern_bus_publish_duration_seconds, postern_bus_records_consumed_total,
-// postern_bus_handle_duration_seconds, postern_bus_retries_total and
-// postern_bus_deadletter_total.
+// postern_bus_handle_duration_seconds, postern_bus_retries_total,
+// postern_bus_deadletter_total and postern_bus_consumer_lag (a gauge).
 type instruments struct {
 	published       metric.Int64Counter     // records acknowledged by the broker
 	publishedBytes  metric.Int64Counter     // their key and value bytes
@@ -46,13 +46,14 @@ type instruments struct {
 	handleDuration  metric.Float64Histogram // fetch to commit of one record
 	retries         metric.Int64Counter     // temporary failures retried
 	deadLetter      metric.Int64Counter     // records dead-lettered, by reason
+	lag             metric.Int64ObservableGauge
 }
 
 func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 	m := mp.Meter(instrumentationName)
 	var (
 		in   instruments
-		errs [7]error
+		errs [8]error
 	)
 	in.published, errs[0] = m.Int64Counter("postern.bus.records.published",
 		metric.WithUnit("{record}"), metric.WithDescription("Records published to the bus and acknowledged by every in-sync replica."))
@@ -70,12 +71,24 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 		metric.WithUnit("{retry}"), metric.WithDescription("Temporary failures of a handler (or of publishing its outputs) that were retried."))
 	in.deadLetter, errs[6] = m.Int64Counter("postern.bus.deadletter",
 		metric.WithUnit("{record}"), metric.WithDescription("Records sent to the dead-letter topic, by reason (permanent, exhausted, panic)."))
+	in.lag, errs[7] = m.Int64ObservableGauge("postern.bus.consumer.lag",
+		metric.WithUnit("{record}"), metric.WithDescription("Records of a topic its consumer group has not committed yet (high watermark minus committed offset, summed over partitions), for every group and topic this process consumes or consumed since it started."))
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
 		}
 	}
 	return &in, nil
+}
+
+// DeclareMetrics creates the package's metric instruments on mp and drops
+// them: for checks of the metric names operators query (the Grafana
+// dashboards' test in deployments/), which need every instrument, not only
+// those a run happened to record. The consumer lag gauge's callback is
+// registered by New, not here.
+func DeclareMetrics(mp metric.MeterProvider) error {
+	_, err := newInstruments(mp)
+	return err
 }
 
 // propagator resolves the configured propagator at every use, so that a

@@ -3,6 +3,7 @@ package msgbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -205,4 +206,112 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	t.Logf("Prometheus names: %v", names)
+}
+
+// TestConsumerLag: the lag gauge counts the records a group has not
+// committed, per topic, also once the group's consumer has stopped, and the
+// Prometheus exporter names it postern_bus_consumer_lag.
+func TestConsumerLag(t *testing.T) {
+	ctx := ctxTimeout(t, 60*time.Second)
+	addrs := startBroker(t)
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	if err != nil {
+		t.Fatal(err)
+	}
+	manual := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(manual), sdkmetric.WithReader(exporter))
+	t.Cleanup(func() { mp.Shutdown(context.Background()) })
+	cfg := testConfig(addrs)
+	cfg.TopicPrefix = "hq"
+	b := newBus(t, cfg, Options{MeterProvider: mp})
+	if err := b.EnsureTopics(ctx, "lagged"); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(n int) {
+		t.Helper()
+		for i := range n {
+			// Keys spread the records over the partitions.
+			if err := b.Publish(ctx, Message{Topic: "lagged", Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lag := func() (int64, bool) {
+		t.Helper()
+		var rm metricdata.ResourceMetrics
+		if err := manual.Collect(ctx, &rm); err != nil {
+			t.Fatal(err)
+		}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if m.Name != "postern.bus.consumer.lag" {
+					continue
+				}
+				for _, dp := range m.Data.(metricdata.Gauge[int64]).DataPoints {
+					topic, _ := dp.Attributes.Value(attrTopic)
+					group, _ := dp.Attributes.Value(attrGroup)
+					if topic.AsString() == "hq.lagged" && group.AsString() == "g" {
+						return dp.Value, true
+					}
+				}
+			}
+		}
+		return 0, false
+	}
+	if _, ok := lag(); ok {
+		t.Errorf("lag reported before anything consumed the topic")
+	}
+
+	// A consumer takes everything there is, then stops.
+	publish(5)
+	stop := consumeInBackground(t, b, Subscription{Group: "g", Topic: "lagged", Name: "h",
+		Handler: func(context.Context, Record) ([]Message, error) { return nil, nil }})
+	eventually(t, 30*time.Second, "lag 0 once the 5 records are committed", func() bool {
+		n, ok := lag()
+		return ok && n == 0
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Records keep arriving with nobody consuming: each is lag.
+	const n = 7
+	publish(n)
+	if got, ok := lag(); !ok || got != n {
+		t.Errorf("lag after %d records with the consumer stopped = %d (reported %v), want %d", n, got, ok, n)
+	}
+	// A group that never committed lags by everything in the log.
+	if got, err := b.ConsumerLag(ctx, "never", "lagged", "no-such-topic"); err != nil || len(got) != 1 || got["lagged"] != 5+n {
+		t.Errorf("ConsumerLag(never) = %v, %v; want lagged: %d and nothing for a missing topic", got, err, 5+n)
+	}
+
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range families {
+		if f.GetName() != "postern_bus_consumer_lag" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["messaging_destination_name"] == "hq.lagged" && labels["messaging_consumer_group_name"] == "g" && m.GetGauge().GetValue() == n {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no postern_bus_consumer_lag{messaging_destination_name=\"hq.lagged\",messaging_consumer_group_name=\"g\"} %d in the Prometheus exposition", n)
+	}
+
+	// A closed bus stops reporting.
+	b.Close()
+	if _, ok := lag(); ok {
+		t.Errorf("lag still reported after Close")
+	}
 }

@@ -35,6 +35,27 @@ var (
 	syncsError = metric.WithAttributeSet(attribute.NewSet(attrResult.String(resultError)))
 )
 
+// DeclareMetrics creates the package's metric instruments on mp and drops
+// them: for checks of the metric names operators query (the Grafana
+// dashboards' test in deployments/), which need every instrument, not only
+// those a run happened to record. Its
+// replica age gauge reads a replica that was never synced, so it observes
+// nothing.
+func DeclareMetrics(mp metric.MeterProvider) error {
+	in, err := newInstruments(mp, neverSynced{}, func(sitestate.SyncState) (float64, bool) { return 0, false })
+	if err != nil {
+		return err
+	}
+	return in.reg.Unregister()
+}
+
+// neverSynced is a replica without a sync, for DeclareMetrics.
+type neverSynced struct{ sitestate.DirectoryReader }
+
+func (neverSynced) SyncState(context.Context) (sitestate.SyncState, error) {
+	return sitestate.SyncState{}, nil
+}
+
 // newInstruments creates the instruments; the age gauge reads dir's sync
 // state at every collection, so it is right whichever process synced last.
 func newInstruments(mp metric.MeterProvider, dir sitestate.DirectoryReader, age func(sitestate.SyncState) (float64, bool)) (*instruments, error) {

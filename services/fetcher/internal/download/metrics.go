@@ -69,6 +69,15 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 	return &in, nil
 }
 
+// DeclareMetrics creates the package's metric instruments on mp and drops
+// them: for checks of the metric names operators query (the Grafana
+// dashboards' test in deployments/), which need every instrument, not only
+// those a run happened to record.
+func DeclareMetrics(mp metric.MeterProvider) error {
+	_, err := newInstruments(mp)
+	return err
+}
+
 func acctAttr(name string) metric.MeasurementOption {
 	return metric.WithAttributes(attribute.String("account", name))
 }

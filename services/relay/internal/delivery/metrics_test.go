@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -46,9 +47,17 @@ func TestMetrics(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	e.publish(outbound("m1", "zs@example.com", "c@example.net"))
-	e.publish(outbound("m2", "zs@example.com", "gone@example.net"))
-	e.final("c@example.net", "gone@example.net")
+	// Accepted at the edge two seconds ago: the latency is at least that.
+	received := time.Now().Add(-2 * time.Second).UTC()
+	m1, m2 := outbound("m1", "zs@example.com", "c@example.net"), outbound("m2", "zs@example.com", "gone@example.net")
+	m1.ReceivedAt, m2.ReceivedAt = received, received
+	e.publish(m1)
+	e.publish(m2)
+	for _, st := range e.final("c@example.net", "gone@example.net") {
+		if !st.ReceivedAt.Equal(received) {
+			t.Errorf("%s status of %s: received_at %v, want the delivery's %v", st.Outcome, st.Recipient, st.ReceivedAt, received)
+		}
+	}
 
 	mfs, err := tel.Registry().Gather()
 	if err != nil {
@@ -98,9 +107,24 @@ func TestMetrics(t *testing.T) {
 		{"postern_relay_retries_scheduled_total", map[string]string{"tier": "0"}, 1},
 		{"postern_relay_bounces_total", nil, 1},
 		{"postern_relay_delivery_seconds", map[string]string{"destination": events.DestOutbound}, 3},
+		// Final outcomes only: not the deferred first attempt of m1.
+		{"postern_mail_latency_seconds", map[string]string{"destination": events.DestOutbound, "outcome": "delivered"}, 1},
+		{"postern_mail_latency_seconds", map[string]string{"destination": events.DestOutbound, "outcome": "bounced"}, 1},
 	} {
 		if v := value(c.name, c.labels); v != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+		}
+	}
+	if mf := got["postern_mail_latency_seconds"]; mf != nil {
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h.GetSampleCount() > 0 && h.GetSampleSum() < 2*float64(h.GetSampleCount()) {
+				t.Errorf("latency sum %v over %d recipients accepted 2s ago, want at least 2s each", h.GetSampleSum(), h.GetSampleCount())
+			}
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == events.OutcomeDeferred {
+					t.Errorf("latency recorded for a deferred outcome")
+				}
+			}
 		}
 	}
 	if v := value("postern_relay_outbound_sessions", map[string]string{"destination": events.DestOutbound}); v < 0 || v > 4 {

@@ -49,6 +49,15 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 	return &in, nil
 }
 
+// DeclareMetrics creates the package's metric instruments on mp and drops
+// them: for checks of the metric names operators query (the Grafana
+// dashboards' test in deployments/), which need every instrument, not only
+// those a run happened to record.
+func DeclareMetrics(mp metric.MeterProvider) error {
+	_, err := newInstruments(mp)
+	return err
+}
+
 func (in *instruments) session(listener string) {
 	in.sessions.Add(context.Background(), 1, metric.WithAttributes(attrListener.String(listener)))
 }

@@ -115,11 +115,14 @@ func rfc822(size int, header ...string) []byte {
 	return []byte(b.String())
 }
 
+// receivedAt is when the edge accepted every inbound record of the tests.
+var receivedAt = time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+
 // inbound builds a mail.inbound record. src is "pop3", "smtp" or
 // "auth:<user id>".
 func inbound(id, src, from string, msg []byte, rcpts ...string) events.Inbound {
 	in := events.Inbound{ID: id, Site: site, MailFrom: from, Recipients: rcpts,
-		ReceivedAt: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), Message: msg}
+		ReceivedAt: receivedAt, Message: msg}
 	switch {
 	case src == "pop3":
 		in.Source = events.Source{Kind: events.SourcePOP3, POP3Account: "isp", POP3UIDL: "uidl-" + id}

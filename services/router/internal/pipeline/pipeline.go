@@ -214,6 +214,7 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 		keys, topics, recs = append(keys, key), append(topics, topic), append(recs, r)
 	}
 	for _, d := range dec.Deliveries {
+		d.ReceivedAt = in.ReceivedAt // for the end-to-end latency the relay measures
 		r, err := d.Encode()
 		if err != nil {
 			p.inst.result(ctx, ResultDeadLetter)
@@ -340,6 +341,7 @@ func (p *Pipeline) statuses(in events.Inbound, rejs []routing.Rejection) ([]even
 			InboundID: in.ID, Site: p.site, Stage: "router", Recipient: r.Recipient,
 			Outcome: events.OutcomeRejected, Reason: r.Status + " " + r.Reason, At: at,
 			MessageID: msgID, Source: in.Source, OriginalRecipient: r.Recipient,
+			ReceivedAt: in.ReceivedAt,
 		}
 		rec, err := s.Encode()
 		if err != nil {
@@ -511,6 +513,15 @@ func newInstruments(mp metric.MeterProvider) (instruments, error) {
 		metric.WithDescription("Time to decide the routes of one message (directory and index lookups included)."),
 		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 	return in, errors.Join(errs[:]...)
+}
+
+// DeclareMetrics creates the package's metric instruments on mp and drops
+// them: for checks of the metric names operators query (the Grafana
+// dashboards' test in deployments/), which need every instrument, not only
+// those a run happened to record.
+func DeclareMetrics(mp metric.MeterProvider) error {
+	_, err := newInstruments(mp)
+	return err
 }
 
 func (in instruments) result(ctx context.Context, r string) {

@@ -84,6 +84,9 @@ func TestThroughTheBroker(t *testing.T) {
 	var got []string
 	for _, d := range deliveries(t, bus) {
 		got = append(got, summary(d))
+		if d.InboundID != b.ID && !d.ReceivedAt.Equal(receivedAt) {
+			t.Errorf("delivery %s: ReceivedAt %v, want the inbound's %v", d.ID, d.ReceivedAt, receivedAt)
+		}
 		if d.InboundID == "m7" && d.Destination == events.DestOutbound && !bytes.Contains(d.Message, []byte(`From: "Zhangsan" <sales@example.com>`)) {
 			t.Errorf("m7 leaves without the sender rewrite:\n%s", d.Message)
 		}
@@ -107,6 +110,9 @@ func TestThroughTheBroker(t *testing.T) {
 			t.Fatalf("status: %v", err)
 		}
 		statuses = append(statuses, s.InboundID+" "+s.Recipient+" "+s.Stage+" "+s.Outcome+" "+s.Source.Kind+" "+s.Source.SMTPSession)
+		if !s.ReceivedAt.Equal(receivedAt) {
+			t.Errorf("status %s %s: ReceivedAt %v, want the inbound's %v", s.InboundID, s.Recipient, s.ReceivedAt, receivedAt)
+		}
 		if !strings.Contains(s.Reason, "5.1.1") || !strings.Contains(s.Reason, "no such mailbox") {
 			t.Errorf("status reason %q, want the status code and why", s.Reason)
 		}
