@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/postern/postern/internal/app"
 	"github.com/postern/postern/internal/config"
@@ -89,7 +92,11 @@ func serveProgram() app.Program {
 // serveUnits builds each configured service through its package's
 // constructor — the same one its own binary uses.
 func serveUnits(cfg ServeConfig, rt *app.Runtime) ([]app.Unit, error) {
-	var units []app.Unit
+	var (
+		units     []app.Unit
+		usersSvc  *users.Service
+		agentNote string
+	)
 	for _, name := range serviceNames {
 		if !cfg.runs(name) {
 			continue
@@ -100,11 +107,16 @@ func serveUnits(cfg ServeConfig, rt *app.Runtime) ([]app.Unit, error) {
 		)
 		switch name {
 		case "users":
-			var s *users.Service
-			if s, err = users.New(cfg.Users, rt); err == nil {
-				u = s.Unit()
+			if usersSvc, err = users.New(cfg.Users, rt); err == nil {
+				u = usersSvc.Unit()
 			}
 		case "fetcher":
+			if usersSvc != nil && !cfg.Fetcher.AUM.Token.IsSet() {
+				if err = localAUM(&cfg, usersSvc); err != nil {
+					break
+				}
+				agentNote = cfg.Fetcher.AUM.URL
+			}
 			var s *fetcher.Service
 			if s, err = fetcher.New(cfg.Fetcher, rt); err == nil {
 				u = s.Unit()
@@ -125,5 +137,31 @@ func serveUnits(cfg ServeConfig, rt *app.Runtime) ([]app.Unit, error) {
 		}
 		units = append(units, u)
 	}
+	if agentNote != "" {
+		fmt.Fprintf(rt.Out, "%-11s %s syncs site %s (token in %s)\n", "directory", agentNote, cfg.Site, agentTokenFile(cfg))
+	}
 	return units, nil
+}
+
+// localAUM points the fetcher of a single box at the users service in the
+// same process, with a site_agent token the users service keeps for it:
+// no token to create and paste, no restart. It applies when
+// fetcher.aum.token is empty; a configured token (for another users
+// service) is left alone.
+func localAUM(cfg *ServeConfig, u *users.Service) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	secret, err := u.LocalSiteAgent(ctx, cfg.Site, agentTokenFile(*cfg))
+	if err != nil {
+		return err
+	}
+	cfg.Fetcher.AUM.URL = "http://" + u.APIAddr()
+	cfg.Fetcher.AUM.Token = secret
+	return nil
+}
+
+// agentTokenFile is where the single box keeps its fetcher's token: beside
+// the key that encrypts POP3 passwords, under the users service's data.
+func agentTokenFile(cfg ServeConfig) string {
+	return filepath.Join(filepath.Dir(cfg.Users.SecretKeyFile), "site-agent-"+cfg.Site+".token")
 }

@@ -23,7 +23,7 @@ import (
 // Config is the fetcher's own configuration (the shared part is app.Common).
 type Config struct {
 	HTTP     opshttp.Config  `yaml:"http" doc:"side server of the fetcher: /healthz, /readyz, /metrics"`
-	AUM      AUMConfig       `yaml:"aum" doc:"the AUM client, which keeps the site's directory replica (users, POP3 accounts) in sync with the users service before every download cycle. Off while url or token is empty: the fetcher then works on the replica as it is (no POP3 accounts on a fresh single box)"`
+	AUM      AUMConfig       `yaml:"aum" doc:"the AUM client, which keeps the site's directory replica (users, POP3 accounts) in sync with the users service before every download cycle. Off while url or token is empty: the fetcher then works on the replica as it is. In postern serve with the users service in the same process, an empty token means that users service, with a site_agent token it creates and keeps"`
 	Download download.Config `yaml:"download" doc:"the POP3 downloader"`
 }
 
