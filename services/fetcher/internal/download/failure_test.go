@@ -475,7 +475,7 @@ func TestStatusConsumer(t *testing.T) {
 	}
 	_, _, err = led.RecordHandoff(ctx, "acc", "u2", sitestate.Handoff{Recipients: []string{"z@example.com"}})
 	mustNoErr(t, "handoff", err)
-	mustNoErr(t, "orphans", dl.takeOrphans(ctx, "acc", "u2"))
+	mustNoErr(t, "orphans", dl.takeOrphans(ctx, "acc", "u2", []string{"z@example.com"}))
 	if le, _ := led.Get(ctx, "acc", "u2"); !le.AllDelivered() {
 		t.Errorf("early status not applied: %+v", le)
 	}

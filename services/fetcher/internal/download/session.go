@@ -641,7 +641,7 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 		if _, _, err := d.opts.Ledger.RecordHandoff(pctx, a.ID, it.info.UID, h); err != nil {
 			return s.fail(KindState, fmt.Errorf("recording the hand-off of %s (published as %s): %w", it.info.UID, p.rec.ID, err))
 		}
-		if err := d.takeOrphans(pctx, a.ID, it.info.UID); err != nil {
+		if err := d.takeOrphans(pctx, a.ID, it.info.UID, p.rcpts); err != nil {
 			return s.fail(KindState, fmt.Errorf("applying early statuses of %s: %w", it.info.UID, err))
 		}
 		s.clearFailure(it.info.UID)

@@ -15,8 +15,12 @@ import (
 
 // Orphan statuses: a status can overtake the ledger write it refers to (the
 // router and the relay may be done with a message before the downloader
-// has recorded its hand-off). Such a status is kept in memory for a while
-// and applied right after the hand-off is recorded.
+// has recorded its hand-off). Such a status is kept for a while and applied
+// right after the hand-off is recorded: in memory, and as a key in the site
+// state (orphanMarkKey), because the status is committed once kept — a
+// fetcher that dies before the hand-off is recorded takes its memory with
+// it, and the next one downloads the message again under the same id,
+// which downstream drops as a redelivery, so no new status comes.
 const (
 	orphanTTL = time.Hour
 	maxOrphan = 100_000
@@ -172,6 +176,9 @@ func (d *Downloader) markDelivered(ctx context.Context, account, uidl string, at
 		// the entry, or the downloader (which records, then takes the
 		// orphans) finds the orphan.
 		d.keepOrphan(account, uidl, at, rcpts)
+		if err := d.markOrphan(ctx, account, uidl, rcpts); err != nil {
+			return err
+		}
 		e, err = d.opts.Ledger.MarkDelivered(ctx, account, uidl, at, rcpts...)
 		if errors.Is(err, sitestate.ErrNotFound) {
 			d.log.Debug("status for a pop3 message not in the ledger (yet)", "account_id", account, "uidl", uidl)
@@ -200,6 +207,28 @@ func (d *Downloader) markUnmatched(ctx context.Context, e sitestate.LedgerEntry,
 }
 
 func orphanKey(account, uidl string) string { return account + "\x00" + uidl }
+
+// orphanMarkKey is the site-state key of an early final status of
+// recipient rcpt of (account, uidl); it lives orphanTTL.
+func orphanMarkKey(account, uidl, rcpt string) string {
+	return "fetch-early:" + srcHash(account, uidl) + ":" + strings.ToLower(rcpt)
+}
+
+// markOrphan keeps an early status in the site state (when the downloader
+// has one), before the status is committed.
+func (d *Downloader) markOrphan(ctx context.Context, account, uidl string, rcpts []string) error {
+	if d.opts.Idempotency == nil || len(rcpts) == 0 {
+		return nil
+	}
+	keys := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		keys[i] = orphanMarkKey(account, uidl, r)
+	}
+	if _, err := d.opts.Idempotency.ClaimAll(ctx, keys, orphanTTL); err != nil {
+		return fmt.Errorf("keeping an early status of pop3 message %s: %w", uidl, err)
+	}
+	return nil
+}
 
 func (d *Downloader) keepOrphan(account, uidl string, at time.Time, rcpts []string) {
 	now := time.Now()
@@ -230,19 +259,45 @@ func (d *Downloader) keepOrphan(account, uidl string, at time.Time, rcpts []stri
 }
 
 // takeOrphans applies the statuses that arrived before the hand-off of
-// (account, uidl) was recorded.
-func (d *Downloader) takeOrphans(ctx context.Context, account, uidl string) error {
+// (account, uidl) to rcpts was recorded: those kept in memory, and those
+// kept in the site state by this or an earlier fetcher process.
+func (d *Downloader) takeOrphans(ctx context.Context, account, uidl string, rcpts []string) error {
 	k := orphanKey(account, uidl)
 	d.mu.Lock()
 	o := d.orphans[k]
 	delete(d.orphans, k)
 	d.mu.Unlock()
-	if o == nil || time.Since(o.seen) > orphanTTL {
+	var (
+		early []string
+		at    time.Time
+	)
+	if o != nil && time.Since(o.seen) <= orphanTTL {
+		early, at = o.recipients, o.at
+	}
+	if d.opts.Idempotency != nil && len(rcpts) > 0 {
+		keys := make([]string, len(rcpts))
+		for i, r := range rcpts {
+			keys[i] = orphanMarkKey(account, uidl, r)
+		}
+		seen, err := d.opts.Idempotency.SeenAll(ctx, keys)
+		if err != nil {
+			return err
+		}
+		for i, r := range rcpts {
+			if seen[i] && !contains(early, strings.ToLower(r)) {
+				early = append(early, strings.ToLower(r))
+			}
+		}
+		if at.IsZero() {
+			at = d.opts.Now() // kept by a process that is gone: the time is not known
+		}
+	}
+	if len(early) == 0 {
 		return nil
 	}
-	e, err := d.opts.Ledger.MarkDelivered(ctx, account, uidl, o.at, o.recipients...)
+	e, err := d.opts.Ledger.MarkDelivered(ctx, account, uidl, at, early...)
 	if err != nil {
 		return err
 	}
-	return d.markUnmatched(ctx, e, o.at, o.recipients)
+	return d.markUnmatched(ctx, e, at, early)
 }
