@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -91,16 +92,27 @@ func (s *session) login(name, password string, forceFail bool) error {
 		return errAuthTemporary
 	}
 	if !locked && lock.MaxFailuresPerUser > 0 {
-		// The attempt is counted before the password is checked, so
-		// that logins started in parallel cannot each get a guess
-		// verified before the first failure is recorded; a success
-		// clears the count again.
-		n, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window)
+		// The attempts for one user take turns in this process, each
+		// reading the failure count and, when it fails, adding to it
+		// before the next one is checked: logins started in parallel
+		// cannot each get a guess verified before the first failure is
+		// recorded, and a user's own parallel logins with the right
+		// password (a mail client opening several sessions) are not
+		// taken for guesses. (Counting every attempt before the check
+		// did that too, but locked out a user who opened more sessions
+		// at once than the failure limit.) Relays sharing the site state
+		// may each verify one guess beyond the limit at the same moment.
+		release, err := s.srv.authTurns.wait(ctx, userKey)
 		if err != nil {
-			s.log.Error("smtp auth: counting the attempt", "error", err)
 			return errAuthTemporary
 		}
-		locked = n > int64(lock.MaxFailuresPerUser)
+		defer release()
+		n, _, err := s.srv.limits.Count(ctx, userKey)
+		if err != nil {
+			s.log.Error("smtp auth: reading the failure count", "error", err)
+			return errAuthTemporary
+		}
+		locked = n >= int64(lock.MaxFailuresPerUser)
 	}
 	if locked {
 		s.srv.inst.authFailed(s.listener)
@@ -137,6 +149,11 @@ func (s *session) login(name, password string, forceFail bool) error {
 	}
 	s.srv.inst.authFailed(s.listener)
 	s.log.Info("smtp auth failed", "login", key)
+	if lock.MaxFailuresPerUser > 0 {
+		if _, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window); err != nil {
+			s.log.Error("smtp auth: counting the failure", "error", err)
+		}
+	}
 	if lock.MaxFailuresPerIP > 0 && ipKey != "" {
 		if _, _, err := s.srv.limits.Hit(ctx, ipKey, lock.Window); err != nil {
 			s.log.Error("smtp auth: counting the failure", "error", err)
@@ -227,4 +244,46 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 		return nil, true, l.auth(l.username, string(response))
 	}
 	return nil, false, sasl.ErrUnexpectedClientResponse
+}
+
+// keyedTurns lets one holder at a time per key go on; the zero value is
+// ready to use. Entries exist only while a key is held or awaited.
+type keyedTurns struct {
+	mu sync.Mutex
+	m  map[string]*turn
+}
+
+type turn struct {
+	ch      chan struct{} // holds a token while the key is held
+	waiters int           // holders and waiters
+}
+
+// wait blocks until it is key's holder's turn (or ctx ends) and returns
+// the function that passes the turn on.
+func (k *keyedTurns) wait(ctx context.Context, key string) (release func(), err error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*turn{}
+	}
+	t := k.m[key]
+	if t == nil {
+		t = &turn{ch: make(chan struct{}, 1)}
+		k.m[key] = t
+	}
+	t.waiters++
+	k.mu.Unlock()
+	done := func() {
+		k.mu.Lock()
+		if t.waiters--; t.waiters == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+	select {
+	case t.ch <- struct{}{}:
+		return func() { <-t.ch; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	}
 }

@@ -117,6 +117,8 @@ type Server struct {
 	// verifySem bounds concurrent password hashing (argon2id takes 64 MiB
 	// each).
 	verifySem chan struct{}
+	// authTurns makes the AUTH attempts for one user take turns (auth.go).
+	authTurns keyedTurns
 	dummyOnce sync.Once
 	dummyHash string
 
