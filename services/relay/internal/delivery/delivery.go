@@ -36,10 +36,17 @@
 // answered 250. While it sends, it holds a lease "sending:<delivery id>:
 // <recipient>" (an idempotency key with the length of one SMTP transaction),
 // so that two consumers holding the same record after a rebalance do not
-// both send it: the second defers the recipient. A relay killed between the
-// remote 250 and the key being stored sends the message again once the
-// lease has expired: that window (the time of one sitestate write) remains,
-// as in every MTA that has no two-phase commit with its peer.
+// both send it: the second defers the recipient. The key is stored the
+// moment the 250 is read (smtpout.Hooks.Accepted), before the session is
+// reused or closed. A relay killed between the remote 250 and the key
+// being stored sends the message again once the lease has expired: that
+// window (the time of one sitestate write) remains, as in every MTA that
+// has no two-phase commit with its peer (RFC 1047). It is not silent: just
+// before DATA the relay sets "attempt:<delivery id>:<recipient>"
+// (attempt.go), removed when the server answers with a failure and
+// superseded by the sent key; a later attempt that finds it set was preceded
+// by one whose outcome is unknown, and is logged ("ambiguous resend") and
+// counted (postern.relay.ambiguous_resends) before it is sent.
 //
 // # Bounces
 //
@@ -123,6 +130,7 @@ type Service struct {
 	smarthost *smtpout.Pool            // nil: none configured
 	bySender  map[string]*smtpout.Pool // lower-case sender domain → pool
 	siteTLS   *tls.Config              // nil: inter-site TLS not configured
+	ambiguous metric.Int64Counter      // postern.relay.ambiguous_resends (attempt.go)
 
 	mu        sync.Mutex
 	sitePools map[string]*smtpout.Pool // endpoint → pool
@@ -157,12 +165,17 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delivery: metrics: %w", err)
 	}
+	ambiguous, err := newAmbiguousCounter(deps.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: metrics: %w", err)
+	}
 	s := &Service{
 		cfg:       cfg,
 		deps:      deps,
 		log:       deps.Logger.With(slog.String("component", "delivery")),
 		dir:       replica.Reader{D: deps.Directory},
 		inst:      inst,
+		ambiguous: ambiguous,
 		helo:      cfg.Hostname,
 		master:    cfg.Postmaster,
 		bySender:  map[string]*smtpout.Pool{},
@@ -623,14 +636,15 @@ func (s *Service) sendSMTP(ctx context.Context, pool *smtpout.Pool, d events.Del
 	if len(pending) == 0 {
 		return outs
 	}
-	var sent, failed []string
-	for _, r := range pool.Send(ctx, d.MailFrom, pending, d.Message) {
+	// The transaction's hooks set the attempt markers just before DATA
+	// and store the sent keys right after the 250 (attempt.go).
+	tx := s.newTransaction(ctx, d, pool.Name())
+	var failed []smtpout.Result
+	for _, r := range pool.SendHooked(ctx, d.MailFrom, pending, d.Message, tx.hooks()) {
 		o := outcome{rcpt: r.Recipient, delivered: r.Delivered(), permanent: r.Permanent, code: r.Code, status: r.Status,
 			reason: r.Reason(), diag: r.Diagnostic(), remote: r.Remote}
-		if r.Delivered() {
-			sent = append(sent, sentKey(d.ID, r.Recipient))
-		} else {
-			failed = append(failed, leaseKey(d.ID, r.Recipient))
+		if !r.Delivered() {
+			failed = append(failed, r)
 			if ctx.Err() == nil {
 				s.log.InfoContext(ctx, "smtp delivery failed", slog.String("delivery_id", d.ID), slog.String("remote", r.Remote),
 					slog.Bool("permanent", r.Permanent), slog.Int("code", r.Code), slog.Any("error", r.Err))
@@ -638,20 +652,7 @@ func (s *Service) sendSMTP(ctx context.Context, pool *smtpout.Pool, d events.Del
 		}
 		outs = append(outs, o)
 	}
-	bg := context.WithoutCancel(ctx)
-	if len(sent) > 0 {
-		// The window: a crash before this write sends the message again
-		// once the lease has expired.
-		if _, err := s.deps.Idempotency.ClaimAll(bg, sent, s.cfg.IdempotencyTTL); err != nil {
-			s.log.ErrorContext(ctx, "recording sent messages failed; a redelivered record would send them again",
-				slog.String("delivery_id", d.ID), slog.Any("error", err))
-		}
-	}
-	for _, k := range failed { // the next attempt need not wait for the lease to expire
-		if err := s.deps.Idempotency.Forget(bg, k); err != nil {
-			s.log.WarnContext(ctx, "releasing a sending lease failed; the next attempt waits for it to expire", slog.String("delivery_id", d.ID), slog.Any("error", err))
-		}
-	}
+	tx.finish(failed)
 	return outs
 }
 
@@ -668,7 +669,7 @@ func (s *Service) outputs(ctx context.Context, j job, outs []outcome) ([]msgbus.
 			InboundID: d.InboundID, DeliveryID: d.ID, Site: s.deps.Site, Stage: Stage, Recipient: o.rcpt,
 			Outcome: result, Reason: o.reason, SMTPCode: o.code, At: now, MessageID: msgID,
 			Source: d.Source, Attempt: j.attempt, Destination: d.Destination,
-			OriginalRecipient: d.OriginalRecipient,
+			OriginalRecipient: d.OriginalRecipient, ReceivedAt: d.ReceivedAt,
 		}
 	}
 	var (
@@ -734,6 +735,9 @@ func (s *Service) outputs(ctx context.Context, j job, outs []outcome) ([]msgbus.
 		}
 		msgs = append(msgs, msgbus.NewMessage(events.TopicStatus, rec))
 		s.inst.delivered(ctx, d.Destination, st.Outcome)
+		if st.Outcome != events.OutcomeDeferred {
+			s.inst.observeLatency(ctx, d.Destination, st.Outcome, d.ReceivedAt, now)
+		}
 	}
 	return msgs, nil
 }

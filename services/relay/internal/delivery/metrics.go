@@ -73,6 +73,9 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 // those a run happened to record.
 func DeclareMetrics(mp metric.MeterProvider) error {
 	_, err := newInstruments(mp)
+	if err == nil {
+		_, err = newAmbiguousCounter(mp) // attempt.go
+	}
 	return err
 }
 

@@ -272,6 +272,28 @@ func (p *Pool) Close() error {
 // cancelled mid-transaction aborts the session; the results are then
 // temporary failures (and the server may or may not have the message).
 func (p *Pool) Send(ctx context.Context, from string, rcpts []string, msg []byte) []Result {
+	return p.SendHooked(ctx, from, rcpts, msg, Hooks{})
+}
+
+// Hooks let a caller act at the two moments of a mail transaction that
+// decide whether a message can reach the server twice (RFC 1047): just
+// before DATA, and just after the server's 250 to the final dot.
+type Hooks struct {
+	// BeforeData is called with the recipients the server accepted at
+	// RCPT, just before the DATA command. An error aborts the transaction
+	// (RSET) before anything of the message is sent: those recipients fail
+	// temporarily (status 4.3.0) with the error as its cause.
+	BeforeData func(rcpts []string) error
+	// Accepted is called with the recipients the message was delivered to
+	// as soon as the server answered 250 to the final dot, before the
+	// session is reused or closed: the place to record that they are
+	// sent, so that the time in which a crash forgets it is as short as it
+	// can be.
+	Accepted func(rcpts []string)
+}
+
+// SendHooked is Send, calling h's hooks during the transaction.
+func (p *Pool) SendHooked(ctx context.Context, from string, rcpts []string, msg []byte, h Hooks) []Result {
 	select {
 	case p.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -286,7 +308,7 @@ func (p *Pool) Send(ctx context.Context, from string, rcpts []string, msg []byte
 			p.log.DebugContext(ctx, "smtp session failed", slog.Any("error", err))
 			return p.all(rcpts, setupFailure(err))
 		}
-		res, next := p.transact(ctx, s, reused, from, rcpts, msg)
+		res, next := p.transact(ctx, s, reused, from, rcpts, msg, h)
 		switch {
 		case ctx.Err() != nil || next == drop || next == stale:
 			p.discard(s)
@@ -559,7 +581,7 @@ const (
 )
 
 // transact runs one mail transaction on s and says what to do with s next.
-func (p *Pool) transact(ctx context.Context, s *session, reused bool, from string, rcpts []string, msg []byte) ([]Result, sessionState) {
+func (p *Pool) transact(ctx context.Context, s *session, reused bool, from string, rcpts []string, msg []byte, h Hooks) ([]Result, sessionState) {
 	c := s.c
 	stop := context.AfterFunc(ctx, func() { _ = s.conn.Close() })
 	defer stop()
@@ -645,6 +667,16 @@ func (p *Pool) transact(ctx context.Context, s *session, reused bool, from strin
 	if len(accepted) == 0 {
 		return results, p.after(true, c)
 	}
+	if h.BeforeData != nil {
+		names := make([]string, len(accepted))
+		for k, i := range accepted {
+			names[k] = rcpts[i]
+		}
+		if err := h.BeforeData(names); err != nil {
+			failAll(accepted, Result{Status: "4.3.0", Err: &causeError{"the relay could not record the attempt", err}})
+			return results, p.after(true, c)
+		}
+	}
 	w, err := c.Data()
 	if err != nil {
 		r, ok := replyFailure(err)
@@ -666,6 +698,13 @@ func (p *Pool) transact(ctx context.Context, s *session, reused bool, from strin
 	}
 	for _, i := range accepted {
 		results[i] = Result{Recipient: rcpts[i], Code: 250, Status: "2.0.0", Text: resp.StatusText, Remote: p.opts.Name}
+	}
+	if h.Accepted != nil {
+		names := make([]string, len(accepted))
+		for k, i := range accepted {
+			names[k] = rcpts[i]
+		}
+		h.Accepted(names)
 	}
 	s.sent++
 	if p.opts.MaxMessagesPerSession > 0 && s.sent >= p.opts.MaxMessagesPerSession {
