@@ -19,6 +19,8 @@ const usageHead = `usage: postern <command> [flags]
 
 commands:
   serve              run the services (all four by default) in one process
+  broker             run the embedded Kafka-protocol broker alone (for services in separate processes)
+  trace <Message-ID> follow a message through a site: origin, routing, every outcome
   config check       load and validate the configuration, print it with secrets masked
   config reference   write the configuration reference (docs/configuration.md)
   version            print the version
@@ -46,6 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return serveProgram().Run(ctx, args[1:], stdout, stderr)
+	case "broker":
+		return brokerProgram().Run(ctx, args[1:], stdout, stderr)
+	case "trace":
+		return traceCommand(ctx, args[1:], os.Getenv, stdout, stderr)
 	case "config":
 		return configCommand(args[1:], stdout, stderr)
 	case "version":
