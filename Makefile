@@ -9,11 +9,15 @@ REDOCLY_CLI_VERSION := 2.77.0
 TEST_TIMEOUT ?= 25m
 BENCHTIME ?= 3s
 
-.PHONY: run build test test-race generate generate-check lint openapi-lint check bench fuzz clean
+.PHONY: run dovecot build test test-race generate generate-check lint openapi-lint check bench bench-e2e fuzz clean
 
 ## run: Postern in one process on the embedded defaults (broker, SQLite, Maildir under ./var)
 run:
 	$(GO) run ./cmd/postern serve
+
+## dovecot: a private Dovecot reading the single box's mailboxes (IMAP 127.0.0.1:10143, POP3 :10110)
+dovecot:
+	bash deployments/dovecot/single-box.sh var
 
 ## build: every binary into ./bin
 build:
@@ -56,6 +60,11 @@ check: lint generate-check openapi-lint
 ## bench: bus throughput on the embedded broker (see README "Benchmarks")
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m ./internal/msgbus/
+
+## bench-e2e: N messages (POP3 and SMTP) through a single box to mailboxes and the sink; messages/s and p50/p99 latency (README "Benchmarks")
+N ?= 10000
+bench-e2e:
+	POSTERN_E2E_BENCH=$(N) CI=true $(GO) test -count=1 -run '^TestE2EBenchmark$$' -v -timeout 60m ./e2e/
 
 ## fuzz: a short run of every fuzz target (FUZZTIME each)
 FUZZTIME ?= 30s

@@ -42,6 +42,12 @@ type Process struct {
 
 	t testing.TB
 
+	// command is the postern command the process runs ("serve" when
+	// empty), and listeners the names of the listeners it prints (those
+	// of cfg.endpoints() when nil): see StartBroker.
+	command   string
+	listeners []string
+
 	mu     sync.Mutex
 	cfg    Config
 	addrs  map[string]string // listener name → 127.0.0.1:port, from the first start on
@@ -150,7 +156,11 @@ func (p *Process) Start() {
 	fmt.Fprintf(logFile, "=== harness: start %d of %s at %s\n", n, p.Name, time.Now().Format(time.RFC3339Nano))
 	fmt.Fprintf(outFile, "=== harness: start %d of %s\n", n, p.Name)
 
-	cmd := exec.Command(Binary(t), "serve", "--config", cfgPath)
+	command := p.command
+	if command == "" {
+		command = "serve"
+	}
+	cmd := exec.Command(Binary(t), command, "--config", cfgPath)
 	cmd.Dir = p.Dir
 	cmd.Env = childEnv()
 	cmd.Stderr = logFile
@@ -166,7 +176,11 @@ func (p *Process) Start() {
 	}
 	r := &run{cmd: cmd, done: make(chan struct{})}
 	want := map[string]bool{}
-	for _, name := range cfg.endpoints() {
+	listeners := p.listeners
+	if listeners == nil {
+		listeners = cfg.endpoints()
+	}
+	for _, name := range listeners {
 		want[name] = true
 	}
 	printed := make(chan map[string]string, 1)

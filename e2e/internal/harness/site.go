@@ -55,6 +55,19 @@ type SiteOptions struct {
 	// Config holds further keys (dotted, as in docs/configuration.md),
 	// applied last.
 	Config map[string]any
+	// CA, when set, makes the site one of several: its relay's SMTP
+	// listeners present a certificate of CA named after the site (see
+	// CA.IssueSite) instead of the self-signed one, the inter-site
+	// listener is on ("intersite") with mutual TLS against CA, and the
+	// relay delivers to the other sites with that certificate. Mail
+	// clients (ClientTLS) then trust CA. The site's smtp_endpoint in the
+	// directory is the test's to set (Users.SetSiteEndpoint).
+	CA *CA
+	// SingleBox runs the users service in the site's process too, as
+	// `make run` does: Users must be nil, the process's fetcher gets its
+	// directory through the users service beside it with no configured
+	// URL or token, and Site.Users is that users service.
+	SingleBox bool
 }
 
 // Site is one site's pipeline in one `postern serve` process (embedded
@@ -77,6 +90,11 @@ type Site struct {
 	// TLSDir is relay.smtp.tls.data_dir, where the relay keeps its
 	// self-signed certificate (cert.pem).
 	TLSDir string
+
+	clientRoots *x509.CertPool // SiteOptions.CA's, when set
+	// Users is the users service in the same process (SingleBox); nil
+	// otherwise.
+	Users *Users
 }
 
 // StartSite starts Dovecot and then the site's pipeline, in a new temporary
@@ -84,10 +102,14 @@ type Site struct {
 // WaitForUsers before sending mail.
 func StartSite(t testing.TB, o SiteOptions) *Site {
 	t.Helper()
-	if o.Name == "" || o.Users == nil {
-		t.Fatal("harness: StartSite needs a site name and the users service")
-	}
-	if o.Token == "" {
+	switch {
+	case o.Name == "":
+		t.Fatal("harness: StartSite needs a site name")
+	case o.SingleBox && (o.Users != nil || o.Token != ""):
+		t.Fatal("harness: a single box has its own users service and token")
+	case !o.SingleBox && o.Users == nil:
+		t.Fatal("harness: StartSite needs the users service")
+	case o.Token == "" && !o.SingleBox:
 		o.Token = o.Users.SiteAgentToken(t, o.Name)
 	}
 	if o.Mailbox == "" {
@@ -95,6 +117,9 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 	}
 	if o.Services == nil {
 		o.Services = []string{"fetcher", "router", "relay"}
+		if o.SingleBox {
+			o.Services = []string{"users", "fetcher", "router", "relay"}
+		}
 	}
 	dir := TempDir(t, o.Name)
 	s := &Site{
@@ -130,8 +155,6 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 		"state.sqlite_path": filepath.Join(dir, "state", "site.db"),
 
 		"fetcher.http.listen": "127.0.0.1:0",
-		"fetcher.aum.url":     o.Users.URL(),
-		"fetcher.aum.token":   o.Token,
 		"fetcher.aum.wait":    "5s",
 
 		"router.http.listen":   "127.0.0.1:0",
@@ -164,8 +187,23 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 			"relay.delivery.smarthost.tls":  "none",
 		})
 	}
+	var usersToken string
+	if o.SingleBox {
+		usersToken = bootstrapToken()
+		cfg.Merge(usersConfig(dir, usersToken))
+	} else {
+		cfg.Merge(map[string]any{"fetcher.aum.url": o.Users.URL(), "fetcher.aum.token": o.Token})
+	}
+	if o.CA != nil {
+		certFile, keyFile := o.CA.IssueSite(t, filepath.Join(dir, "site-tls"), o.Name)
+		cfg.Merge(o.CA.interSiteConfig(certFile, keyFile))
+		s.clientRoots = o.CA.Pool
+	}
 	cfg.Merge(o.Config)
 	s.Process = StartProcess(t, "site-"+o.Name, dir, cfg)
+	if o.SingleBox {
+		s.Users = newUsers(t, s.Process, usersToken)
+	}
 	return s
 }
 
@@ -201,6 +239,9 @@ func (s *Site) WaitForUsers(t testing.TB, usernames ...string) {
 // trust the relay's self-signed certificate.
 func (s *Site) ClientTLS(t testing.TB) *tls.Config {
 	t.Helper()
+	if s.clientRoots != nil {
+		return &tls.Config{RootCAs: s.clientRoots, ServerName: SiteHostname, MinVersion: tls.VersionTLS12}
+	}
 	pem, err := os.ReadFile(filepath.Join(s.TLSDir, "cert.pem"))
 	if err != nil {
 		t.Fatalf("harness: the relay's certificate: %v", err)

@@ -27,25 +27,43 @@ type Users struct {
 func StartUsers(t testing.TB) *Users {
 	t.Helper()
 	dir := TempDir(t, "users")
-	var secret [32]byte
-	_, _ = rand.Read(secret[:])
-	token := "pst_bootstrap_" + base64.RawURLEncoding.EncodeToString(secret[:])
+	token := bootstrapToken()
 	cfg := Config{}
 	cfg.Merge(map[string]any{
-		"site":                    "central",
-		"services":                []string{"users"},
-		"log.format":              "json",
-		"shutdown_timeout":        "10s",
-		"broker.listen":           "127.0.0.1:0",
-		"broker.data_dir":         filepath.Join(dir, "broker"),
+		"site":             "central",
+		"services":         []string{"users"},
+		"log.format":       "json",
+		"shutdown_timeout": "10s",
+		"broker.listen":    "127.0.0.1:0",
+		"broker.data_dir":  filepath.Join(dir, "broker"),
+	})
+	cfg.Merge(usersConfig(dir, token))
+	return newUsers(t, StartProcess(t, "users", dir, cfg), token)
+}
+
+// bootstrapToken is a fresh users.bootstrap_token.
+func bootstrapToken() string {
+	var secret [32]byte
+	_, _ = rand.Read(secret[:])
+	return "pst_bootstrap_" + base64.RawURLEncoding.EncodeToString(secret[:])
+}
+
+// usersConfig is the users service's section, its data under dir.
+func usersConfig(dir, token string) map[string]any {
+	return map[string]any{
 		"users.http.listen":       "127.0.0.1:0",
 		"users.api.listen":        "127.0.0.1:0",
 		"users.store.sqlite_path": filepath.Join(dir, "users.db"),
 		"users.secret_key_file":   filepath.Join(dir, "secret.key"),
 		"users.bootstrap_token":   token,
 		"users.sync.outbox_poll":  "200ms",
-	})
-	u := &Users{Process: StartProcess(t, "users", dir, cfg), Token: token}
+	}
+}
+
+// newUsers is the users service running in p, with a client that uses token.
+func newUsers(t testing.TB, p *Process, token string) *Users {
+	t.Helper()
+	u := &Users{Process: p, Token: token}
 	c, err := usersclient.NewClientWithResponses(u.URL(),
 		usersclient.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}),
 		usersclient.WithRequestEditorFn(func(_ context.Context, r *http.Request) error {

@@ -1,0 +1,209 @@
+package harness
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/postern/postern/api/usersclient"
+	"github.com/postern/postern/internal/testenv"
+)
+
+// StartUsersPostgres starts the users service in a process of its own, as
+// StartUsers does, but on PostgreSQL (users.store.driver postgres) with the
+// database dsn (testenv.PostgresDB gives a private one).
+func StartUsersPostgres(t testing.TB, dsn string) *Users {
+	t.Helper()
+	dir := TempDir(t, "users")
+	token := bootstrapToken()
+	cfg := Config{}
+	cfg.Merge(map[string]any{
+		"site":             "central",
+		"services":         []string{"users"},
+		"log.format":       "json",
+		"shutdown_timeout": "10s",
+		"broker.listen":    "127.0.0.1:0",
+		"broker.data_dir":  filepath.Join(dir, "broker"),
+	})
+	cfg.Merge(usersConfig(dir, token))
+	cfg.Merge(map[string]any{
+		"users.store.driver":       "postgres",
+		"users.store.postgres_dsn": dsn,
+	})
+	return newUsers(t, StartProcess(t, "users", dir, cfg), token)
+}
+
+// StartBroker starts `postern broker` (the embedded Kafka-protocol broker
+// alone) in dir with cfg (the common keys; broker.listen and
+// broker.data_dir are set when missing) and waits until it prints its
+// address, Addr("broker"). It is killed when the test ends.
+func StartBroker(t testing.TB, name, dir string, cfg Config) *Process {
+	t.Helper()
+	cfg = cfg.Clone()
+	if _, ok := cfg.Get("broker.listen"); !ok {
+		cfg.Set("broker.listen", "127.0.0.1:0")
+	}
+	if _, ok := cfg.Get("broker.data_dir"); !ok {
+		cfg.Set("broker.data_dir", filepath.Join(dir, name))
+	}
+	p := &Process{Name: name, Dir: dir, t: t, cfg: cfg, addrs: map[string]string{},
+		command: "broker", listeners: []string{"broker"}}
+	t.Cleanup(p.cleanup)
+	p.Start()
+	return p
+}
+
+// SplitSiteOptions describe a site whose services run as separate
+// processes.
+type SplitSiteOptions struct {
+	// Name is the site's name in the directory. Required.
+	Name string
+	// Users is the users service the fetcher syncs from. Required.
+	Users *Users
+	// Token is the site_agent token; empty: one is created.
+	Token string
+	// Smarthost is the host:port of the SMTP sink outbound mail goes to;
+	// empty: none.
+	Smarthost string
+	// RedisAddr is the Redis server of the site state (state.backend
+	// redis, with a key prefix of the test's own). Required.
+	RedisAddr string
+	// Config holds further keys (dotted), applied last to every service
+	// process (not to the broker).
+	Config map[string]any
+}
+
+// SplitSite is one site run the way a per-site deployment runs it: the
+// broker (`postern broker`, the embedded broker standing in for the site's
+// Kafka cluster), and the fetcher, the router and the relay each in a
+// `postern serve` process of its own with bus.brokers pointing at it,
+// sharing the site state in Redis, with a private Dovecot serving the
+// relay's Maildirs. Each process can be killed and started again alone.
+//
+// The embedded Site's Process is the relay's, so Site's helpers
+// (DialSubmission, MaildirMessages, WaitForUsers, ...) work on it.
+type SplitSite struct {
+	*Site
+	Broker  *Process
+	Fetcher *Process
+	Router  *Process
+	Relay   *Process
+	// KeyPrefix is the site state's Redis key prefix.
+	KeyPrefix string
+}
+
+// Services returns the three service processes: fetcher, router, relay.
+func (s *SplitSite) Services() []*Process { return []*Process{s.Fetcher, s.Router, s.Relay} }
+
+// StartSplitSite starts Dovecot, the broker, then the relay, the router
+// and the fetcher, in a new temporary directory. Use WaitForUsers before
+// sending mail.
+func StartSplitSite(t testing.TB, o SplitSiteOptions) *SplitSite {
+	t.Helper()
+	if o.Name == "" || o.Users == nil || o.RedisAddr == "" {
+		t.Fatal("harness: StartSplitSite needs a site name, the users service and Redis")
+	}
+	if o.Token == "" {
+		o.Token = o.Users.SiteAgentToken(t, o.Name)
+	}
+	dir := TempDir(t, o.Name)
+	s := &SplitSite{Site: &Site{
+		SiteName:   o.Name,
+		MailRoot:   filepath.Join(dir, "mail"),
+		PasswdFile: filepath.Join(dir, "dovecot", "passwd"),
+		TLSDir:     filepath.Join(dir, "tls"),
+	}}
+	s.KeyPrefix = RedisKeyPrefix(t, o.RedisAddr)
+	if err := os.MkdirAll(filepath.Dir(s.PasswdFile), 0o755); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if err := os.WriteFile(s.PasswdFile, nil, 0o640); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	s.Dovecot = testenv.StartDovecot(t, testenv.DovecotOptions{
+		MailDir:     s.MailRoot,
+		PasswdFile:  s.PasswdFile,
+		ExtraConfig: dovecotLMTPSettings,
+	})
+	t.Cleanup(func() { s.checkDovecotLog(t) })
+
+	s.Broker = StartBroker(t, "broker", dir, Config{
+		"site":             o.Name,
+		"log":              map[string]any{"format": "json"},
+		"shutdown_timeout": "10s",
+		"broker":           map[string]any{"data_dir": filepath.Join(dir, "broker")},
+	})
+
+	cfg := Config{}
+	cfg.Merge(map[string]any{
+		"site":                   o.Name,
+		"log.format":             "json",
+		"shutdown_timeout":       "10s",
+		"bus.brokers":            []string{s.Broker.Addr("broker")},
+		"state.backend":          "redis",
+		"state.redis.addr":       o.RedisAddr,
+		"state.redis.key_prefix": s.KeyPrefix,
+
+		"fetcher.http.listen": "127.0.0.1:0",
+		"fetcher.aum.url":     o.Users.URL(),
+		"fetcher.aum.token":   o.Token,
+		"fetcher.aum.wait":    "5s",
+
+		"router.http.listen":   "127.0.0.1:0",
+		"router.reporting_mta": SiteHostname,
+
+		"relay.http.listen":                                 "127.0.0.1:0",
+		"relay.smtp.hostname":                               SiteHostname,
+		"relay.smtp.submission.listen":                      "127.0.0.1:0",
+		"relay.smtp.inbound.listen":                         "127.0.0.1:0",
+		"relay.smtp.tls.data_dir":                           s.TLSDir,
+		"relay.smtp.rate_limits.messages_per_ip_per_minute": 0,
+		"relay.smtp.rate_limits.messages_per_user_per_hour": 0,
+		"relay.delivery.hostname":                           SiteHostname,
+		"relay.mailbox.kind":                                MailboxMaildir,
+		"relay.mailbox.maildir.root":                        s.MailRoot,
+		"relay.mailbox.maildir.owner":                       fmt.Sprintf("%d:%d", s.Dovecot.MailUID, s.Dovecot.MailGID),
+		"relay.dovecot_auth.passwd_file":                    s.PasswdFile,
+	})
+	if o.Smarthost != "" {
+		host, portText, err := net.SplitHostPort(o.Smarthost)
+		port, perr := strconv.Atoi(portText)
+		if err != nil || perr != nil {
+			t.Fatalf("harness: smarthost %q is not host:port", o.Smarthost)
+		}
+		cfg.Merge(map[string]any{
+			"relay.delivery.smarthost.host": host,
+			"relay.delivery.smarthost.port": port,
+			"relay.delivery.smarthost.tls":  "none",
+		})
+	}
+	cfg.Merge(o.Config)
+	start := func(service string) *Process {
+		c := cfg.Clone()
+		c.Set("services", []string{service})
+		return StartProcess(t, service, dir, c)
+	}
+	s.Relay = start("relay")
+	s.Site.Process = s.Relay
+	s.Router = start("router")
+	s.Fetcher = start("fetcher")
+	return s
+}
+
+// SetSiteDomains sets the mail domains of site (a single box creates its
+// site without any).
+func (u *Users) SetSiteDomains(t testing.TB, site string, domains ...string) {
+	t.Helper()
+	ctx, cancel := ctx30()
+	defer cancel()
+	resp, err := u.Client.UpdateSiteWithResponse(ctx, site, nil, usersclient.SitePatch{Domains: &domains})
+	if err != nil {
+		t.Fatalf("harness: set the domains of %s: %v", site, err)
+	}
+	if resp.JSON200 == nil {
+		t.Fatalf("harness: set the domains of %s: %d %s", site, resp.StatusCode(), resp.Body)
+	}
+}
