@@ -121,28 +121,7 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 			o.Services = []string{"users", "fetcher", "router", "relay"}
 		}
 	}
-	dir := TempDir(t, o.Name)
-	s := &Site{
-		SiteName:   o.Name,
-		MailRoot:   filepath.Join(dir, "mail"),
-		PasswdFile: filepath.Join(dir, "dovecot", "passwd"),
-		TLSDir:     filepath.Join(dir, "tls"),
-	}
-	// Dovecot reads the passwd-file the relay writes (and replaces); it
-	// must exist when Dovecot starts.
-	if err := os.MkdirAll(filepath.Dir(s.PasswdFile), 0o755); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	if err := os.WriteFile(s.PasswdFile, nil, 0o640); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	s.Dovecot = testenv.StartDovecot(t, testenv.DovecotOptions{
-		MailDir:     s.MailRoot,
-		PasswdFile:  s.PasswdFile,
-		ExtraConfig: dovecotLMTPSettings,
-	})
-	t.Cleanup(func() { s.checkDovecotLog(t) })
-
+	dir, s := newSite(t, o.Name)
 	cfg := Config{}
 	cfg.Merge(map[string]any{
 		"site":              o.Name,
@@ -153,40 +132,8 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 		"broker.data_dir":   filepath.Join(dir, "broker"),
 		"state.backend":     "sqlite",
 		"state.sqlite_path": filepath.Join(dir, "state", "site.db"),
-
-		"fetcher.http.listen": "127.0.0.1:0",
-		"fetcher.aum.wait":    "5s",
-
-		"router.http.listen":   "127.0.0.1:0",
-		"router.reporting_mta": SiteHostname,
-
-		"relay.http.listen":                                 "127.0.0.1:0",
-		"relay.smtp.hostname":                               SiteHostname,
-		"relay.smtp.submission.listen":                      "127.0.0.1:0",
-		"relay.smtp.inbound.listen":                         "127.0.0.1:0",
-		"relay.smtp.tls.data_dir":                           s.TLSDir,
-		"relay.smtp.rate_limits.messages_per_ip_per_minute": 0,
-		"relay.smtp.rate_limits.messages_per_user_per_hour": 0,
-		"relay.delivery.hostname":                           SiteHostname,
-		"relay.mailbox.kind":                                o.Mailbox,
-		"relay.mailbox.maildir.root":                        s.MailRoot,
-		"relay.mailbox.maildir.owner":                       fmt.Sprintf("%d:%d", s.Dovecot.MailUID, s.Dovecot.MailGID),
-		"relay.mailbox.lmtp.address":                        s.Dovecot.LMTPAddr,
-		"relay.mailbox.lmtp.timeout":                        "30s",
-		"relay.dovecot_auth.passwd_file":                    s.PasswdFile,
 	})
-	if o.Smarthost != "" {
-		host, portText, err := net.SplitHostPort(o.Smarthost)
-		port, perr := strconv.Atoi(portText)
-		if err != nil || perr != nil {
-			t.Fatalf("harness: smarthost %q is not host:port", o.Smarthost)
-		}
-		cfg.Merge(map[string]any{
-			"relay.delivery.smarthost.host": host,
-			"relay.delivery.smarthost.port": port,
-			"relay.delivery.smarthost.tls":  "none",
-		})
-	}
+	cfg.Merge(s.pipelineConfig(t, o.Mailbox, o.Smarthost))
 	var usersToken string
 	if o.SingleBox {
 		usersToken = bootstrapToken()
@@ -205,6 +152,78 @@ func StartSite(t testing.TB, o SiteOptions) *Site {
 		s.Users = newUsers(t, s.Process, usersToken)
 	}
 	return s
+}
+
+// newSite makes a new temporary directory for site name and starts the
+// site's Dovecot on the mail root below it.
+func newSite(t testing.TB, name string) (string, *Site) {
+	t.Helper()
+	dir := TempDir(t, name)
+	s := &Site{
+		SiteName:   name,
+		MailRoot:   filepath.Join(dir, "mail"),
+		PasswdFile: filepath.Join(dir, "dovecot", "passwd"),
+		TLSDir:     filepath.Join(dir, "tls"),
+	}
+	// Dovecot reads the passwd-file the relay writes (and replaces); it
+	// must exist when Dovecot starts.
+	if err := os.MkdirAll(filepath.Dir(s.PasswdFile), 0o755); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if err := os.WriteFile(s.PasswdFile, nil, 0o640); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	s.Dovecot = testenv.StartDovecot(t, testenv.DovecotOptions{
+		MailDir:     s.MailRoot,
+		PasswdFile:  s.PasswdFile,
+		ExtraConfig: dovecotLMTPSettings,
+	})
+	t.Cleanup(func() { s.checkDovecotLog(t) })
+	return dir, s
+}
+
+// pipelineConfig is the fetcher's, the router's and the relay's sections
+// for the site: listeners on free ports, the site's Dovecot for mailboxes
+// (mailbox kind) and logins, and smarthost (host:port, plaintext) when not
+// empty.
+func (s *Site) pipelineConfig(t testing.TB, mailbox, smarthost string) Config {
+	t.Helper()
+	cfg := Config{}
+	cfg.Merge(map[string]any{
+		"fetcher.http.listen": "127.0.0.1:0",
+		"fetcher.aum.wait":    "5s",
+
+		"router.http.listen":   "127.0.0.1:0",
+		"router.reporting_mta": SiteHostname,
+
+		"relay.http.listen":                                 "127.0.0.1:0",
+		"relay.smtp.hostname":                               SiteHostname,
+		"relay.smtp.submission.listen":                      "127.0.0.1:0",
+		"relay.smtp.inbound.listen":                         "127.0.0.1:0",
+		"relay.smtp.tls.data_dir":                           s.TLSDir,
+		"relay.smtp.rate_limits.messages_per_ip_per_minute": 0,
+		"relay.smtp.rate_limits.messages_per_user_per_hour": 0,
+		"relay.delivery.hostname":                           SiteHostname,
+		"relay.mailbox.kind":                                mailbox,
+		"relay.mailbox.maildir.root":                        s.MailRoot,
+		"relay.mailbox.maildir.owner":                       fmt.Sprintf("%d:%d", s.Dovecot.MailUID, s.Dovecot.MailGID),
+		"relay.mailbox.lmtp.address":                        s.Dovecot.LMTPAddr,
+		"relay.mailbox.lmtp.timeout":                        "30s",
+		"relay.dovecot_auth.passwd_file":                    s.PasswdFile,
+	})
+	if smarthost != "" {
+		host, portText, err := net.SplitHostPort(smarthost)
+		port, perr := strconv.Atoi(portText)
+		if err != nil || perr != nil {
+			t.Fatalf("harness: smarthost %q is not host:port", smarthost)
+		}
+		cfg.Merge(map[string]any{
+			"relay.delivery.smarthost.host": host,
+			"relay.delivery.smarthost.port": port,
+			"relay.delivery.smarthost.tls":  "none",
+		})
+	}
+	return cfg
 }
 
 // WaitForUsers waits until the relay has written usernames into the

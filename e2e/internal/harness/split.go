@@ -1,15 +1,10 @@
 package harness
 
 import (
-	"fmt"
-	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"github.com/postern/postern/api/usersclient"
-	"github.com/postern/postern/internal/testenv"
 )
 
 // StartUsersPostgres starts the users service in a process of its own, as
@@ -17,23 +12,10 @@ import (
 // database dsn (testenv.PostgresDB gives a private one).
 func StartUsersPostgres(t testing.TB, dsn string) *Users {
 	t.Helper()
-	dir := TempDir(t, "users")
-	token := bootstrapToken()
-	cfg := Config{}
-	cfg.Merge(map[string]any{
-		"site":             "central",
-		"services":         []string{"users"},
-		"log.format":       "json",
-		"shutdown_timeout": "10s",
-		"broker.listen":    "127.0.0.1:0",
-		"broker.data_dir":  filepath.Join(dir, "broker"),
-	})
-	cfg.Merge(usersConfig(dir, token))
-	cfg.Merge(map[string]any{
+	return startUsers(t, map[string]any{
 		"users.store.driver":       "postgres",
 		"users.store.postgres_dsn": dsn,
 	})
-	return newUsers(t, StartProcess(t, "users", dir, cfg), token)
 }
 
 // StartBroker starts `postern broker` (the embedded Kafka-protocol broker
@@ -109,26 +91,9 @@ func StartSplitSite(t testing.TB, o SplitSiteOptions) *SplitSite {
 	if o.Token == "" {
 		o.Token = o.Users.SiteAgentToken(t, o.Name)
 	}
-	dir := TempDir(t, o.Name)
-	s := &SplitSite{Site: &Site{
-		SiteName:   o.Name,
-		MailRoot:   filepath.Join(dir, "mail"),
-		PasswdFile: filepath.Join(dir, "dovecot", "passwd"),
-		TLSDir:     filepath.Join(dir, "tls"),
-	}}
+	dir, site := newSite(t, o.Name)
+	s := &SplitSite{Site: site}
 	s.KeyPrefix = RedisKeyPrefix(t, o.RedisAddr)
-	if err := os.MkdirAll(filepath.Dir(s.PasswdFile), 0o755); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	if err := os.WriteFile(s.PasswdFile, nil, 0o640); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	s.Dovecot = testenv.StartDovecot(t, testenv.DovecotOptions{
-		MailDir:     s.MailRoot,
-		PasswdFile:  s.PasswdFile,
-		ExtraConfig: dovecotLMTPSettings,
-	})
-	t.Cleanup(func() { s.checkDovecotLog(t) })
 
 	s.Broker = StartBroker(t, "broker", dir, Config{
 		"site":             o.Name,
@@ -147,39 +112,10 @@ func StartSplitSite(t testing.TB, o SplitSiteOptions) *SplitSite {
 		"state.redis.addr":       o.RedisAddr,
 		"state.redis.key_prefix": s.KeyPrefix,
 
-		"fetcher.http.listen": "127.0.0.1:0",
-		"fetcher.aum.url":     o.Users.URL(),
-		"fetcher.aum.token":   o.Token,
-		"fetcher.aum.wait":    "5s",
-
-		"router.http.listen":   "127.0.0.1:0",
-		"router.reporting_mta": SiteHostname,
-
-		"relay.http.listen":                                 "127.0.0.1:0",
-		"relay.smtp.hostname":                               SiteHostname,
-		"relay.smtp.submission.listen":                      "127.0.0.1:0",
-		"relay.smtp.inbound.listen":                         "127.0.0.1:0",
-		"relay.smtp.tls.data_dir":                           s.TLSDir,
-		"relay.smtp.rate_limits.messages_per_ip_per_minute": 0,
-		"relay.smtp.rate_limits.messages_per_user_per_hour": 0,
-		"relay.delivery.hostname":                           SiteHostname,
-		"relay.mailbox.kind":                                MailboxMaildir,
-		"relay.mailbox.maildir.root":                        s.MailRoot,
-		"relay.mailbox.maildir.owner":                       fmt.Sprintf("%d:%d", s.Dovecot.MailUID, s.Dovecot.MailGID),
-		"relay.dovecot_auth.passwd_file":                    s.PasswdFile,
+		"fetcher.aum.url":   o.Users.URL(),
+		"fetcher.aum.token": o.Token,
 	})
-	if o.Smarthost != "" {
-		host, portText, err := net.SplitHostPort(o.Smarthost)
-		port, perr := strconv.Atoi(portText)
-		if err != nil || perr != nil {
-			t.Fatalf("harness: smarthost %q is not host:port", o.Smarthost)
-		}
-		cfg.Merge(map[string]any{
-			"relay.delivery.smarthost.host": host,
-			"relay.delivery.smarthost.port": port,
-			"relay.delivery.smarthost.tls":  "none",
-		})
-	}
+	cfg.Merge(s.pipelineConfig(t, MailboxMaildir, o.Smarthost))
 	cfg.Merge(o.Config)
 	start := func(service string) *Process {
 		c := cfg.Clone()

@@ -26,6 +26,12 @@ type Users struct {
 // temporary directory.
 func StartUsers(t testing.TB) *Users {
 	t.Helper()
+	return startUsers(t, nil)
+}
+
+// startUsers starts the users service with the further keys extra.
+func startUsers(t testing.TB, extra map[string]any) *Users {
+	t.Helper()
 	dir := TempDir(t, "users")
 	token := bootstrapToken()
 	cfg := Config{}
@@ -38,6 +44,7 @@ func StartUsers(t testing.TB) *Users {
 		"broker.data_dir":  filepath.Join(dir, "broker"),
 	})
 	cfg.Merge(usersConfig(dir, token))
+	cfg.Merge(extra)
 	return newUsers(t, StartProcess(t, "users", dir, cfg), token)
 }
 
