@@ -66,11 +66,32 @@ func (c Config) String(key, def string) string {
 	return def
 }
 
-// Merge sets every key of other (dotted keys, as Set takes them) in c.
+// Merge sets every key of other (dotted keys, as Set takes them) in c. A
+// section (a Config or map value) is merged key by key, not replaced: what
+// c already holds in it and other does not name stays.
 func (c Config) Merge(other map[string]any) {
 	for k, v := range other {
-		c.Set(k, v)
+		switch sub := v.(type) {
+		case Config:
+			c.mergeSection(k, sub)
+		case map[string]any:
+			c.mergeSection(k, sub)
+		default:
+			c.Set(k, v)
+		}
 	}
+}
+
+func (c Config) mergeSection(prefix string, sub map[string]any) {
+	if len(sub) == 0 {
+		c.Set(prefix, Config{})
+		return
+	}
+	flat := map[string]any{}
+	for k, v := range sub {
+		flat[prefix+"."+k] = v
+	}
+	c.Merge(flat)
 }
 
 // Clone returns a deep copy of the sections (values are shared).

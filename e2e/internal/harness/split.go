@@ -111,11 +111,9 @@ func StartSplitSite(t testing.TB, o SplitSiteOptions) *SplitSite {
 		"state.backend":          "redis",
 		"state.redis.addr":       o.RedisAddr,
 		"state.redis.key_prefix": s.KeyPrefix,
-
-		"fetcher.aum.url":   o.Users.URL(),
-		"fetcher.aum.token": o.Token,
 	})
 	cfg.Merge(s.pipelineConfig(t, MailboxMaildir, o.Smarthost))
+	cfg.Merge(map[string]any{"fetcher.aum.url": o.Users.URL(), "fetcher.aum.token": o.Token})
 	cfg.Merge(o.Config)
 	start := func(service string) *Process {
 		c := cfg.Clone()
