@@ -7,7 +7,7 @@ import (
 
 // Inbound record headers (mail.inbound, version 1).
 const (
-	HeaderID          = "postern-id"           // unique id given at the edge; the source reference every later record carries
+	HeaderID          = "postern-id"           // id given at the edge, one per message (the same when a source sends it again); the source reference every later record carries
 	HeaderSite        = "postern-site"         // the site that accepted the message
 	HeaderMailFrom    = "postern-mail-from"    // envelope sender; empty value for the null sender <>
 	HeaderRecipient   = "postern-rcpt"         // envelope recipient, one header per recipient, in order
@@ -46,7 +46,12 @@ type Source struct {
 
 // Inbound is a message entering a site, on mail.inbound.
 type Inbound struct {
-	ID         string    // unique id given at the edge
+	// ID is given at the edge, one per message: the same when its source
+	// gives the message again — a POP3 message downloaded again, a message
+	// an SMTP client sends again after a lost 250 (same sender, envelope
+	// and bytes; see the relay's smtpin) — so that the idempotency keys
+	// derived from it drop the copy. Two records may carry one ID.
+	ID         string
 	Site       string    // site that accepted it
 	MailFrom   string    // envelope sender; "" is the null sender
 	Recipients []string  // envelope recipients, at least one

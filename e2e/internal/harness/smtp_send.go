@@ -11,7 +11,9 @@ import (
 // ambiguous is true when the transaction failed without a reply at the
 // final dot or after it (the connection broke once the whole message had
 // been written), the SMTP duplicate window of RFC 1047 on the client's
-// side — a client that sends such a message again may deliver it twice.
+// side — a client that sends such a message again may deliver it twice
+// (Postern's relay gives the copy the inbound id of the first, so it is
+// dropped when the message has a Message-ID).
 // A failure with a reply (4xx, 5xx) or before the message was written is
 // never ambiguous.
 func (c *SMTPClient) SendChecked(from string, to []string, msg []byte) (err error, ambiguous bool) {

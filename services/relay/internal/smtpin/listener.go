@@ -154,6 +154,7 @@ func (c *sessionConn) Close() error {
 // on mail.inbound.
 func newSessionID() string { return strings.ToLower(rand.Text()[:16]) }
 
-// newMessageID returns the unique id of an accepted message (its
-// mail.inbound id): 26 random base32 characters, 130 bits.
+// newMessageID returns a random id: 26 base32 characters, 130 bits — the
+// mail.inbound id of an accepted message without a Message-ID field (one
+// with a Message-ID gets a derived id, see id.go).
 func newMessageID() string { return strings.ToLower(rand.Text()) }

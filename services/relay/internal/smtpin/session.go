@@ -365,7 +365,18 @@ func (s *session) Data(r io.Reader) error {
 		return s.reject("too_large", errTooLarge)
 	}
 	now := s.srv.now()
-	id := newMessageID()
+	var authUser string
+	switch {
+	case s.user != nil:
+		authUser = s.user.ID
+	case s.site != "":
+		authUser = "site:" + s.site
+	}
+	// The id is derived from the sender, the envelope and the client's
+	// bytes (before the Received field), so that a client sending the
+	// message again after a lost 250 gets the same id and the copy is
+	// dropped downstream; see id.go.
+	id := s.inboundID(authUser, body)
 	msg := make([]byte, 0, len(body)+512)
 	msg = s.received(msg, id, now)
 	msg = append(msg, body...)
@@ -379,15 +390,10 @@ func (s *session) Data(r io.Reader) error {
 			SMTPSession: s.id,
 			SMTPRemote:  s.remote.String(),
 			SMTPHelo:    sanitizeHelo(s.conn.Hostname()),
+			AuthUser:    authUser,
 		},
 		ReceivedAt: now,
 		Message:    msg,
-	}
-	switch {
-	case s.user != nil:
-		in.Source.AuthUser = s.user.ID
-	case s.site != "":
-		in.Source.AuthUser = "site:" + s.site
 	}
 	rec, err := in.Encode()
 	if err != nil {
