@@ -188,6 +188,49 @@ func TestRetryThenSuccess(t *testing.T) {
 	}
 }
 
+// TestOutageOutlastsAttemptsByDefault: with the default retry limit (none),
+// a dependency down for far more tries than any fixed limit would allow
+// (20 failures; the old default gave up after 8) delays the record but does
+// not dead-letter it: once the dependency is back the record is handled,
+// its output published and its offset committed.
+func TestOutageOutlastsAttemptsByDefault(t *testing.T) {
+	ctx := ctxTimeout(t, 60*time.Second)
+	addrs := startBroker(t)
+	cfg := testConfig(addrs)
+	cfg.Retry.Attempts = DefaultRetryConfig().Attempts
+	cfg.Retry.Max = 10 * time.Millisecond
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("the default retry limit does not validate: %v", err)
+	}
+	b := newBus(t, cfg, Options{})
+	const outage = 20
+	h := &countingHandler{fn: func(_ context.Context, rec Record, call int64) ([]Message, error) {
+		if call <= outage {
+			return nil, errors.New("redis: connection refused")
+		}
+		return []Message{{Topic: events.TopicDelivery, Value: rec.Value}}, nil
+	}}
+	if err := b.EnsureTopics(ctx, events.TopicInbound, events.TopicDelivery, events.TopicDeadLetter); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, Message{Topic: events.TopicInbound, Value: []byte("accepted mail")}); err != nil {
+		t.Fatal(err)
+	}
+	stop := consumeInBackground(t, b, Subscription{Group: "g", Topic: events.TopicInbound, Name: "h", Handler: h.handle})
+	eventually(t, 30*time.Second, "the output", func() bool {
+		return len(topicRecords(t, ctx, addrs[0], events.TopicDelivery)) == 1
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != outage+1 {
+		t.Errorf("handler called %d times, want %d (the outage, then success)", n, outage+1)
+	}
+	if dl := topicRecords(t, ctx, addrs[0], events.TopicDeadLetter); len(dl) != 0 {
+		t.Errorf("dead-letter topic holds %d records, want none", len(dl))
+	}
+}
+
 // TestCancelMidRecord: a consumer stopped while its handler runs commits
 // nothing, and the next consumer of the group gets the record.
 func TestCancelMidRecord(t *testing.T) {

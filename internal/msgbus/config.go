@@ -54,13 +54,19 @@ type Config struct {
 
 // RetryConfig is the capped exponential backoff of a consumer's temporary
 // failures: attempt n (from 1) waits Initial·Multiplierⁿ⁻¹, capped at Max,
-// spread by ±Jitter; after Attempts tries the record is dead-lettered.
+// spread by ±Jitter. With Attempts 0 (the default) a temporary failure is
+// tried again until it passes: what fails temporarily is a dependency (the
+// site state, the broker) that comes back, and mail already acknowledged to
+// its sender must not end in the dead-letter topic because Redis restarted;
+// a stuck partition shows as consumer lag and a warning per attempt. With
+// Attempts n > 0 the record is dead-lettered after n tries. Permanent
+// errors and panics are dead-lettered at once either way.
 type RetryConfig struct {
 	Initial    time.Duration `yaml:"initial" doc:"wait after the first failure"`
 	Max        time.Duration `yaml:"max" doc:"longest wait between two attempts"`
 	Multiplier float64       `yaml:"multiplier" doc:"factor between two successive waits (at least 1)"`
 	Jitter     float64       `yaml:"jitter" doc:"random spread of each wait as a fraction of it, between 0 and 1 (0.2 is ±20%)"`
-	Attempts   int           `yaml:"attempts" doc:"how many times a record is handled before it is dead-lettered (1 = no retry)"`
+	Attempts   int           `yaml:"attempts" doc:"how many times a record that fails temporarily is handled before it is dead-lettered (1 = no retry); 0: until it succeeds (a dependency outage must not dead-letter accepted mail)"`
 }
 
 // DefaultConfig returns the defaults: no brokers (the embedded broker), no
@@ -81,14 +87,15 @@ func DefaultConfig() Config {
 	}
 }
 
-// DefaultRetryConfig returns 200ms doubling to at most 30s, ±20%, 8 attempts.
+// DefaultRetryConfig returns 200ms doubling to at most 30s, ±20%, no limit
+// on attempts.
 func DefaultRetryConfig() RetryConfig {
 	return RetryConfig{
 		Initial:    200 * time.Millisecond,
 		Max:        30 * time.Second,
 		Multiplier: 2,
 		Jitter:     0.2,
-		Attempts:   8,
+		Attempts:   0,
 	}
 }
 
@@ -178,11 +185,15 @@ func (r RetryConfig) Validate() error {
 	if !(r.Jitter >= 0 && r.Jitter <= 1) {
 		errs = append(errs, config.Errorf("jitter", "must be between 0 and 1, got %v", r.Jitter))
 	}
-	if r.Attempts < 1 {
-		errs = append(errs, config.Errorf("attempts", "must be at least 1, got %d", r.Attempts))
+	if r.Attempts < 0 {
+		errs = append(errs, config.Errorf("attempts", "must be 0 (no limit) or more, got %d", r.Attempts))
 	}
 	return errors.Join(errs...)
 }
+
+// exhausted reports whether a record that failed its attempt-th try is to
+// be dead-lettered rather than tried again.
+func (r RetryConfig) exhausted(attempt int) bool { return r.Attempts > 0 && attempt >= r.Attempts }
 
 // Backoff returns the wait after failed attempt n (counted from 1):
 // Initial·Multiplier^(n-1) capped at Max, then spread by ±Jitter and capped

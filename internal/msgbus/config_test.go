@@ -31,7 +31,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero record size", func(c *Config) { c.MaxRecordBytes = 0 }, []string{"max_record_bytes"}},
 		{"huge record size", func(c *Config) { c.MaxRecordBytes = 2 << 30 }, []string{"max_record_bytes"}},
 		{"retry", func(c *Config) {
-			c.Retry = RetryConfig{Initial: 0, Max: -1, Multiplier: 0.5, Jitter: 1.5, Attempts: 0}
+			c.Retry = RetryConfig{Initial: 0, Max: -1, Multiplier: 0.5, Jitter: 1.5, Attempts: -1}
 		}, []string{"retry.initial", "retry.max", "retry.multiplier", "retry.jitter", "retry.attempts"}},
 		{"NaN multiplier", func(c *Config) { c.Retry.Multiplier = math.NaN() }, []string{"retry.multiplier"}},
 		{"timeouts", func(c *Config) { c.DialTimeout, c.RequestTimeout, c.BatchTimeout = 0, -1, -1 },

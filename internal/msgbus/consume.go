@@ -257,7 +257,7 @@ func (c *consumer) process(ctx context.Context, rec Record, logger *slog.Logger)
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		if IsPermanent(err) || attempt >= retry.Attempts {
+		if IsPermanent(err) || retry.exhausted(attempt) {
 			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
 		}
 		c.retrying(ctx, logger, span, "handler failed; retrying", err, attempt)
@@ -280,7 +280,7 @@ func (c *consumer) process(ctx context.Context, rec Record, logger *slog.Logger)
 			return "", ctx.Err()
 		}
 		err = fmt.Errorf("publishing the handler's %d messages: %w", len(outs), err)
-		if IsPermanent(err) || attempt >= retry.Attempts {
+		if IsPermanent(err) || retry.exhausted(attempt) {
 			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
 		}
 		c.retrying(ctx, logger, span, "publishing outputs failed; retrying", err, attempt)
@@ -312,7 +312,7 @@ func (c *consumer) afterPublish(ctx context.Context, rec Record, outs []Message,
 			return "", ctx.Err()
 		}
 		err = fmt.Errorf("after publishing the handler's %d messages (they are published): %w", len(outs), err)
-		if IsPermanent(err) || attempt >= retry.Attempts {
+		if IsPermanent(err) || retry.exhausted(attempt) {
 			return outcomeDeadLetter, c.deadLetter(ctx, rec, err, attempt, logger)
 		}
 		c.retrying(ctx, logger, span, "after-publish step failed; retrying", err, attempt)
