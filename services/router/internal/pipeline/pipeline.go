@@ -238,7 +238,12 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 	if bounce != nil {
 		add(dsnKey(bounce.ID), events.TopicInbound, mustEncode(bounce))
 	}
-	seen, err := p.keys.SeenAll(ctx, keys)
+	// The record itself has a key too, set once all its outputs are
+	// published: a record routed before and redelivered (a router killed
+	// between AfterPublish and the commit) yields nothing, even if the
+	// directory changed meanwhile and routing it now would give other
+	// outputs (a user moved to another site: new delivery ids).
+	seen, err := p.keys.SeenAll(ctx, append(keys, inboundKey(in.ID)))
 	switch {
 	case errors.Is(err, sitestate.ErrInvalid):
 		p.inst.result(ctx, ResultDeadLetter)
@@ -248,8 +253,9 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 		return nil, fmt.Errorf("message %s: reading the idempotency keys of its %d outputs: %w", in.ID, len(keys), err)
 	}
 	var outs []msgbus.Message
+	routedBefore := seen[len(keys)]
 	for i := range keys {
-		if !seen[i] {
+		if !seen[i] && !routedBefore {
 			outs = append(outs, msgbus.NewMessage(topics[i], recs[i]))
 		}
 	}
@@ -257,7 +263,7 @@ func (p *Pipeline) Handle(ctx context.Context, rec msgbus.Record) ([]msgbus.Mess
 	p.setPending(rec, dec.RecordMessageIDs)
 	result := ResultRouted
 	switch {
-	case len(outs) == 0 && (len(dec.Deliveries) > 0 || len(dec.Rejections) > 0):
+	case routedBefore, len(outs) == 0 && (len(dec.Deliveries) > 0 || len(dec.Rejections) > 0):
 		result = ResultDuplicate
 	case len(dec.Deliveries) == 0:
 		result = ResultRejected
@@ -303,6 +309,9 @@ func (p *Pipeline) AfterPublish(ctx context.Context, rec msgbus.Record, publishe
 		case m.Topic == events.TopicStatus:
 			rejections++
 		}
+	}
+	if id, _ := rec.Event().Get(events.HeaderID); id != "" {
+		keys = append(keys, inboundKey(id))
 	}
 	// One call (one transaction, one fsync on SQLite) for all the keys.
 	if _, err := p.keys.ClaimAll(ctx, keys, p.ttl); err != nil {
@@ -421,6 +430,10 @@ func statusKey(inboundID, rcpt string) string {
 	return "route:status:" + inboundID + ":" + strings.ToLower(strings.TrimSpace(rcpt))
 }
 func dsnKey(id string) string { return "route:dsn:" + id }
+
+// inboundKey is set when every output of the mail.inbound record id is
+// published.
+func inboundKey(id string) string { return "route:inbound:" + id }
 
 // keyOf returns the idempotency key of a published output and, for a
 // delivery, its destination.

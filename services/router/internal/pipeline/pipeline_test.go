@@ -14,6 +14,7 @@ import (
 
 	"github.com/postern/postern/api/events"
 	"github.com/postern/postern/internal/msgbus"
+	"github.com/postern/postern/internal/sitestate"
 	"github.com/postern/postern/internal/testenv"
 )
 
@@ -239,6 +240,45 @@ func TestRedeliveryWindow(t *testing.T) {
 	third, err := p.Handle(ctx, rec)
 	if err != nil || len(third) != 0 {
 		t.Errorf("handled again after AfterPublish: %q, %v; want nothing", ids(third), err)
+	}
+}
+
+// TestRoutedRecordIgnoresLaterDirectoryChanges: a record routed and
+// recorded (AfterPublish done) then redelivered — a router killed before
+// its commit — after the directory changed (bob moved to branch) yields
+// nothing: not a delivery to bob's new site on top of the one already made
+// to his old mailbox.
+func TestRoutedRecordIgnoresLaterDirectoryChanges(t *testing.T) {
+	ctx := context.Background()
+	st, _ := newStore(t)
+	p := newPipeline(t, options(st))
+	in := inbound("m1", "pop3", "c@customer.net", rfc822(400, "From: c@customer.net", "Message-ID: <m1@customer.net>"), "bob@example.com")
+	r, _ := in.Encode()
+	rec := msgbus.Record{Message: msgbus.NewMessage(events.TopicInbound, r), WireTopic: events.TopicInbound, Partition: 0, Offset: 3}
+
+	first, err := p.Handle(ctx, rec)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("first routing: %d outputs, %v; want bob's delivery", len(first), err)
+	}
+	if k, dest := keyOf(first[0]); k != "route:m1:local:u-bob" || dest != events.DestLocal {
+		t.Fatalf("first routing: %s %s, want bob's local mailbox", k, dest)
+	}
+	if err := p.AfterPublish(ctx, rec, first); err != nil {
+		t.Fatal(err)
+	}
+	moved := user("u-bob", "bob", "Bob Baker", "bob@example.com", "branch", true, false)
+	moved.Version = 2
+	if err := st.Directory().Apply(ctx, sitestate.ChangeSet{Cursor: "2", Put: []sitestate.Entry{moved}}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.Handle(ctx, rec)
+	if err != nil || len(again) != 0 {
+		var ks []string
+		for _, m := range again {
+			k, _ := keyOf(m)
+			ks = append(ks, k)
+		}
+		t.Errorf("redelivered after bob moved: outputs %q, %v; want none", ks, err)
 	}
 }
 
