@@ -18,7 +18,6 @@ package e2e
 // POSTERN_E2E_BENCH_OUT=<file> also writes the results there (JSON).
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -29,8 +28,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/segmentio/kafka-go"
 
 	"github.com/postern/postern/api/events"
 	"github.com/postern/postern/api/usersclient"
@@ -190,8 +187,7 @@ func TestE2EBenchmark(t *testing.T) {
 	// Acceptance and delivery times, from the box's broker.
 	broker := box.Addr("broker")
 	received := map[string]time.Time{} // inbound id → postern-received-at
-	for _, m := range readTopic(t, broker, events.TopicInbound) {
-		r := kafkaRecord(m)
+	for _, r := range harness.ReadTopic(t, broker, events.TopicInbound) {
 		id, _ := r.Get(events.HeaderID)
 		at, _ := r.Get(events.HeaderReceivedAt)
 		ts, err := time.Parse(time.RFC3339Nano, at)
@@ -201,11 +197,27 @@ func TestE2EBenchmark(t *testing.T) {
 		received[id] = ts
 	}
 	t.Logf("mail.inbound read (%d records) %v after the start", len(received), time.Since(start).Round(time.Millisecond))
+	// The relay publishes a delivery's status after the mailbox file or
+	// the sink's 250, so the last statuses may trail the counts above.
+	var statuses []events.Record
+	harness.Eventually(t, time.Minute, "a delivered status for every delivery", func() error {
+		statuses = harness.ReadTopic(t, broker, events.TopicStatus)
+		n := 0
+		for _, m := range statuses {
+			if st, err := events.DecodeStatus(m); err == nil && st.Outcome == events.OutcomeDelivered && st.Stage == "relay" {
+				n++
+			}
+		}
+		if n < wantLocalTotal+wantOut {
+			return fmt.Errorf("%d of %d so far", n, wantLocalTotal+wantOut)
+		}
+		return nil
+	}, box.Process)
 	var local, outbound, all []float64
 	var first, last time.Time
 	seen := map[string]bool{}
-	for _, m := range readTopic(t, broker, events.TopicStatus) {
-		st, err := events.DecodeStatus(kafkaRecord(m))
+	for _, m := range statuses {
+		st, err := events.DecodeStatus(m)
 		if err != nil {
 			t.Fatalf("status record: %v", err)
 		}
@@ -291,59 +303,4 @@ func percentile(xs []float64, p float64) float64 {
 	slices.Sort(s)
 	i := int(float64(len(s))*p/100+0.5) - 1
 	return s[min(max(i, 0), len(s)-1)]
-}
-
-func kafkaRecord(m kafka.Message) events.Record {
-	r := events.Record{Key: m.Key, Value: m.Value}
-	for _, h := range m.Headers {
-		r.Headers = append(r.Headers, events.Header{Key: h.Key, Value: h.Value})
-	}
-	return r
-}
-
-// readTopic reads every record of topic (every partition, from the first
-// offset to the end) from the broker at addr, without a consumer group.
-func readTopic(t *testing.T, addr, topic string) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(addr)}
-	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(meta.Topics) != 1 {
-		t.Fatalf("metadata of %s: %v", topic, err)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range meta.Topics[0].Partitions {
-		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
-	}
-	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		t.Fatalf("offsets of %s: %v", topic, err)
-	}
-	var out []kafka.Message
-	for _, po := range offs.Topics[topic] {
-		if po.Error != nil {
-			t.Fatalf("offsets of %s partition %d: %v", topic, po.Partition, po.Error)
-		}
-		if po.LastOffset <= po.FirstOffset {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: po.Partition, MaxBytes: 32 << 20, MaxWait: 200 * time.Millisecond})
-		if err := r.SetOffset(po.FirstOffset); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				r.Close()
-				t.Fatalf("reading %s partition %d: %v", topic, po.Partition, err)
-			}
-			out = append(out, m)
-			if m.Offset >= po.LastOffset-1 {
-				break
-			}
-		}
-		r.Close()
-	}
-	return out
 }

@@ -28,6 +28,7 @@ package e2e
 // POSTERN_CHAOS_KILLS=<n> the SIGKILLs of each service process (default 4).
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,7 +42,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"github.com/segmentio/kafka-go"
 
 	"github.com/postern/postern/api/events"
 	"github.com/postern/postern/api/usersclient"
@@ -312,8 +312,12 @@ func TestChaos(t *testing.T) {
 	smtpRes := newChaosSMTP()
 	feed := make(chan chaosJob)
 	var workers sync.WaitGroup
+	// Should the test stop early (a failed start or kill), the feeder and
+	// the workers stop too, before the cleanups remove what they use.
+	load, stopLoad := context.WithCancel(context.Background())
+	t.Cleanup(func() { stopLoad(); workers.Wait() })
 	for range 4 {
-		workers.Go(func() { smtpRes.worker(t, site.Site, feed, deadline) })
+		workers.Go(func() { smtpRes.worker(load, t, site.Site, feed, deadline) })
 	}
 	go func() {
 		defer close(feed)
@@ -322,7 +326,11 @@ func TestChaos(t *testing.T) {
 			if d := time.Until(start.Add(time.Duration(i) * every)); d > 0 {
 				time.Sleep(d)
 			}
-			feed <- j
+			select {
+			case feed <- j:
+			case <-load.Done():
+				return
+			}
 		}
 	}()
 
@@ -360,7 +368,7 @@ func TestChaos(t *testing.T) {
 		time.Since(start).Seconds(), len(jobs), len(smtpRes.ambiguous))
 
 	// Everything delivered, at least once.
-	procs := site.Services()
+	procs := append(site.Services(), site.Broker)
 	harness.Eventually(t, time.Until(deadline), "every message delivered after the kills", func() error {
 		got, err := mailboxIDs(site.Site, locals)
 		if err != nil {
@@ -442,7 +450,7 @@ func TestChaos(t *testing.T) {
 				id, rcpt, n, smtpRes.ambiguous[id], resends[k])
 		}
 	}
-	if dl := readTopic(t, site.Broker.Addr("broker"), events.TopicDeadLetter); len(dl) > 0 {
+	if dl := harness.ReadTopic(t, site.Broker.Addr("broker"), events.TopicDeadLetter); len(dl) > 0 {
 		t.Errorf("%d record(s) in %s, want none; the first: %s", len(dl), events.TopicDeadLetter, deadLetterSummary(dl[0]))
 	}
 	slices.Sort(outDups)
@@ -504,7 +512,7 @@ type chaosSMTP struct {
 
 func newChaosSMTP() *chaosSMTP { return &chaosSMTP{ambiguous: map[string]bool{}} }
 
-func (r *chaosSMTP) worker(t *testing.T, site *harness.Site, jobs <-chan chaosJob, deadline time.Time) {
+func (r *chaosSMTP) worker(ctx context.Context, t *testing.T, site *harness.Site, jobs <-chan chaosJob, deadline time.Time) {
 	sessions := map[string]*harness.SMTPClient{} // "inbound" or a username → its session
 	defer func() {
 		for _, c := range sessions {
@@ -517,6 +525,9 @@ func (r *chaosSMTP) worker(t *testing.T, site *harness.Site, jobs <-chan chaosJo
 			key = "inbound"
 		}
 		for attempt := 1; ; attempt++ {
+			if ctx.Err() != nil {
+				return
+			}
 			if time.Now().After(deadline) {
 				r.fail("%s: not accepted before the deadline", j.id)
 				break
@@ -578,7 +589,7 @@ func (r *chaosSMTP) check(t *testing.T, n int) {
 }
 
 // deadLetterSummary names a dead-lettered record by its reason and origin.
-func deadLetterSummary(m kafka.Message) string {
+func deadLetterSummary(m events.Record) string {
 	var parts []string
 	for _, h := range m.Headers {
 		if strings.HasPrefix(h.Key, "postern-dlq-") || h.Key == events.HeaderID {

@@ -39,15 +39,15 @@ func TestSingleBox(t *testing.T) {
 		t.Errorf("the start-up output does not say the directory syncs site main:\n%s", out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	got, err := p.users.Client.GetSiteWithResponse(ctx, "main", nil)
+	cancel()
 	if err != nil || got.JSON200 == nil {
 		t.Fatalf("site main after the first start: %v %v", err, got)
 	}
-	domains := []string{boxDomain}
-	if resp, err := p.users.Client.UpdateSiteWithResponse(ctx, "main", nil, usersclient.SitePatch{Domains: &domains}); err != nil || resp.JSON200 == nil {
-		t.Fatalf("setting the site's domain: %v %v", err, resp)
+	if len(got.JSON200.Domains) != 0 {
+		t.Errorf("the site the box made has domains %v, want none yet", got.JSON200.Domains)
 	}
+	p.users.SetSiteDomains(t, "main", boxDomain)
 	ann := harness.User{Username: "ann", Password: "ann-password-31", Address: "ann@" + boxDomain, DisplayName: "Ann Leroy", InternetSend: true, InternetReceive: true}
 	ben := harness.User{Username: "ben", Password: "ben-password-32", Address: "ben@" + boxDomain, DisplayName: "Ben Morel", InternetReceive: true}
 	annID := p.users.CreateUser(t, "main", ann)
@@ -93,7 +93,9 @@ func TestSingleBox(t *testing.T) {
 	site.Stop()
 	site.Start()
 	role := usersclient.TokenRoleSiteAgent
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	toks, err := p.users.Client.ListTokensWithResponse(ctx, &usersclient.ListTokensParams{Role: &role})
+	cancel()
 	if err != nil || toks.JSON200 == nil {
 		t.Fatalf("listing site_agent tokens: %v %v", err, toks)
 	}

@@ -39,18 +39,32 @@ func (u *Users) MoveUser(t testing.TB, id, site string) usersclient.User {
 	return *resp.JSON200
 }
 
+// UpdateSite changes site with patch (a merge patch, without If-Match).
+func (u *Users) UpdateSite(t testing.TB, site string, patch usersclient.SitePatch) usersclient.Site {
+	t.Helper()
+	ctx, cancel := ctx30()
+	defer cancel()
+	resp, err := u.Client.UpdateSiteWithResponse(ctx, site, nil, patch)
+	if err != nil {
+		t.Fatalf("harness: update site %s: %v", site, err)
+	}
+	if resp.JSON200 == nil {
+		t.Fatalf("harness: update site %s: %d %s", site, resp.StatusCode(), resp.Body)
+	}
+	return *resp.JSON200
+}
+
 // SetSiteEndpoint sets the SMTP endpoint (host:port) the other sites'
 // relays deliver the site's mail to, e.g. the "intersite" listener of a
 // site started with SiteOptions.CA.
 func (u *Users) SetSiteEndpoint(t testing.TB, site, endpoint string) {
 	t.Helper()
-	ctx, cancel := ctx30()
-	defer cancel()
-	resp, err := u.Client.UpdateSiteWithResponse(ctx, site, nil, usersclient.SitePatch{SMTPEndpoint: &endpoint})
-	if err != nil {
-		t.Fatalf("harness: set the smtp_endpoint of %s: %v", site, err)
-	}
-	if resp.JSON200 == nil {
-		t.Fatalf("harness: set the smtp_endpoint of %s: %d %s", site, resp.StatusCode(), resp.Body)
-	}
+	u.UpdateSite(t, site, usersclient.SitePatch{SMTPEndpoint: &endpoint})
+}
+
+// SetSiteDomains sets the mail domains of site (a single box creates its
+// site without any).
+func (u *Users) SetSiteDomains(t testing.TB, site string, domains ...string) {
+	t.Helper()
+	u.UpdateSite(t, site, usersclient.SitePatch{Domains: &domains})
 }

@@ -3,8 +3,6 @@ package harness
 import (
 	"path/filepath"
 	"testing"
-
-	"github.com/postern/postern/api/usersclient"
 )
 
 // StartUsersPostgres starts the users service in a process of its own, as
@@ -125,19 +123,4 @@ func StartSplitSite(t testing.TB, o SplitSiteOptions) *SplitSite {
 	s.Router = start("router")
 	s.Fetcher = start("fetcher")
 	return s
-}
-
-// SetSiteDomains sets the mail domains of site (a single box creates its
-// site without any).
-func (u *Users) SetSiteDomains(t testing.TB, site string, domains ...string) {
-	t.Helper()
-	ctx, cancel := ctx30()
-	defer cancel()
-	resp, err := u.Client.UpdateSiteWithResponse(ctx, site, nil, usersclient.SitePatch{Domains: &domains})
-	if err != nil {
-		t.Fatalf("harness: set the domains of %s: %v", site, err)
-	}
-	if resp.JSON200 == nil {
-		t.Fatalf("harness: set the domains of %s: %d %s", site, resp.StatusCode(), resp.Body)
-	}
 }
