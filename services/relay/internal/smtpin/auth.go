@@ -5,12 +5,14 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/internal/passwd"
 	"github.com/postern/postern/internal/replica"
+	"github.com/postern/postern/internal/sitestate"
 )
 
 var (
@@ -86,6 +88,23 @@ func (s *session) login(name, password string, forceFail bool) error {
 		ipKey = "smtp-auth:ip:" + s.ip.String()
 	}
 	lock := s.srv.cfg.AuthLockout
+	if lock.MaxFailuresPerIP <= 0 {
+		ipKey = ""
+	}
+	// Failures this process could not count are counted first: until
+	// they are, the attempts they concern are refused (fail closed).
+	if lock.MaxFailuresPerUser > 0 || ipKey != "" {
+		if err := s.srv.authTurns.settleSome(ctx, s.srv.limits); err != nil {
+			s.log.Error("smtp auth: failures not counted yet", "error", err)
+			return errAuthTemporary
+		}
+	}
+	if ipKey != "" {
+		if err := s.srv.authTurns.settle(ctx, s.srv.limits, ipKey); err != nil {
+			s.log.Error("smtp auth: counting an earlier failure", "error", err)
+			return errAuthTemporary
+		}
+	}
 	locked, err := s.locked(ctx, ipKey)
 	if err != nil {
 		s.log.Error("smtp auth: lockout state", "error", err)
@@ -102,11 +121,19 @@ func (s *session) login(name, password string, forceFail bool) error {
 		// did that too, but locked out a user who opened more sessions
 		// at once than the failure limit.) Relays sharing the site state
 		// may each verify one guess beyond the limit at the same moment.
+		// A failure whose count the site state did not take is owed to
+		// the key in this process, and counted here before the next
+		// attempt is checked: while that fails, the user's attempts are
+		// refused unchecked.
 		release, err := s.srv.authTurns.wait(ctx, userKey)
 		if err != nil {
 			return errAuthTemporary
 		}
 		defer release()
+		if err := s.srv.authTurns.settle(ctx, s.srv.limits, userKey); err != nil {
+			s.log.Error("smtp auth: counting an earlier failure", "error", err)
+			return errAuthTemporary
+		}
 		n, _, err := s.srv.limits.Count(ctx, userKey)
 		if err != nil {
 			s.log.Error("smtp auth: reading the failure count", "error", err)
@@ -136,9 +163,14 @@ func (s *session) login(name, password string, forceFail bool) error {
 		// disabled users are not told apart by timing.
 		_, _ = s.srv.verify(ctx, s.srv.dummy(), password)
 	}
+	// The count is written on a context of its own: the command's may be
+	// nearly spent after the wait for the user's turn and the password
+	// check, and a failure that is not counted is a free guess.
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), countTimeout)
+	defer wcancel()
 	if ok {
 		if lock.MaxFailuresPerUser > 0 {
-			if err := s.srv.limits.Reset(ctx, userKey); err != nil {
+			if err := s.srv.limits.Reset(wctx, userKey); err != nil {
 				s.log.Warn("smtp auth: clearing the failure count", "error", err)
 			}
 		}
@@ -149,21 +181,32 @@ func (s *session) login(name, password string, forceFail bool) error {
 	}
 	s.srv.inst.authFailed(s.listener)
 	s.log.Info("smtp auth failed", "login", key)
-	if lock.MaxFailuresPerUser > 0 {
-		if _, _, err := s.srv.limits.Hit(ctx, userKey, lock.Window); err != nil {
-			s.log.Error("smtp auth: counting the failure", "error", err)
+	counted := true
+	for _, k := range []string{userKey, ipKey} {
+		if k == "" || k == userKey && lock.MaxFailuresPerUser <= 0 {
+			continue
+		}
+		if _, _, err := s.srv.limits.Hit(wctx, k, lock.Window); err != nil {
+			// Fail closed: owed, and counted before the next attempt
+			// on k is checked; this one gets the temporary failure.
+			s.log.Error("smtp auth: counting the failure; attempts for this key are refused until it is counted", "error", err)
+			s.srv.authTurns.owe(k, lock.Window)
+			counted = false
 		}
 	}
-	if lock.MaxFailuresPerIP > 0 && ipKey != "" {
-		if _, _, err := s.srv.limits.Hit(ctx, ipKey, lock.Window); err != nil {
-			s.log.Error("smtp auth: counting the failure", "error", err)
-		}
+	if !counted {
+		return errAuthTemporary
 	}
 	return errAuthFailed
 }
 
+// countTimeout bounds counting a failed attempt (and clearing the count
+// after a success), on a context detached from the command's.
+const countTimeout = 5 * time.Second
+
 // locked reports whether the client address has reached its failure limit
-// in the current window (the user's count is charged per attempt in login).
+// in the current window (the user's count is read in login, in the user's
+// turn; both are charged per failed attempt, after the password check).
 func (s *session) locked(ctx context.Context, ipKey string) (bool, error) {
 	lock := s.srv.cfg.AuthLockout
 	if n := lock.MaxFailuresPerIP; n > 0 && ipKey != "" {
@@ -246,11 +289,99 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	return nil, false, sasl.ErrUnexpectedClientResponse
 }
 
-// keyedTurns lets one holder at a time per key go on; the zero value is
-// ready to use. Entries exist only while a key is held or awaited.
+// keyedTurns lets one holder at a time per key go on, and keeps the failed
+// AUTH attempts of a key that the site state did not count (owe, settle);
+// the zero value is ready to use. Turn entries exist only while a key is
+// held or awaited, owed ones until they are counted.
 type keyedTurns struct {
-	mu sync.Mutex
-	m  map[string]*turn
+	mu   sync.Mutex
+	m    map[string]*turn
+	owed map[string]owedHits
+}
+
+// owedHits are failures of one key not counted yet.
+type owedHits struct {
+	n      int
+	window time.Duration
+}
+
+const (
+	// maxOwed bounds the keys with owed failures. While it is reached,
+	// every AUTH attempt is refused (454) unchecked, so it is not
+	// exceeded by more than the attempts under way; each attempt first
+	// tries to count settleBatch of them.
+	maxOwed     = 10_000
+	settleBatch = 16
+)
+
+// owe records one failure of key that the site state did not take.
+func (k *keyedTurns) owe(key string, window time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.oweLocked(key, owedHits{n: 1, window: window})
+}
+
+func (k *keyedTurns) oweLocked(key string, h owedHits) {
+	if k.owed == nil {
+		k.owed = map[string]owedHits{}
+	}
+	o := k.owed[key]
+	o.n += h.n
+	o.window = h.window
+	k.owed[key] = o
+}
+
+// settle counts the failures owed to key in limits; an error means some
+// still are owed (and the attempt must be refused).
+func (k *keyedTurns) settle(ctx context.Context, limits sitestate.RateLimits, key string) error {
+	k.mu.Lock()
+	o, ok := k.owed[key]
+	delete(k.owed, key) // taken: a concurrent settle does not count them twice
+	k.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	for o.n > 0 {
+		if _, _, err := limits.Hit(ctx, key, o.window); err != nil {
+			k.mu.Lock()
+			k.oweLocked(key, o)
+			k.mu.Unlock()
+			return err
+		}
+		o.n--
+	}
+	return nil
+}
+
+// settleSome, while maxOwed keys have owed failures, tries to count those
+// of settleBatch of them; an error means the limit is still reached.
+func (k *keyedTurns) settleSome(ctx context.Context, limits sitestate.RateLimits) error {
+	k.mu.Lock()
+	if len(k.owed) < maxOwed {
+		k.mu.Unlock()
+		return nil
+	}
+	keys := make([]string, 0, settleBatch)
+	for key := range k.owed {
+		if len(keys) == settleBatch {
+			break
+		}
+		keys = append(keys, key)
+	}
+	k.mu.Unlock()
+	var err error
+	for _, key := range keys {
+		if err = k.settle(ctx, limits, key); err != nil {
+			break
+		}
+	}
+	k.mu.Lock()
+	full := len(k.owed) >= maxOwed
+	k.mu.Unlock()
+	if full {
+		return errors.Join(errors.New("too many keys with failed attempts not counted"), err)
+	}
+	return nil
 }
 
 type turn struct {
