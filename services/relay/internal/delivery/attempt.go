@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 
@@ -12,16 +13,41 @@ import (
 )
 
 // attemptKey marks a recipient whose message this relay began to hand to a
-// remote server (it is set just before DATA) for as long as the relay
-// remembers sent messages. The "sent:" key supersedes it once the server's
-// 250 is recorded; a failure the server answered (4xx, 5xx) removes it.
-// Found on a later attempt of a recipient that is not "sent:", it says the
-// earlier attempt ended without a known outcome — the relay was killed, or
-// the connection broke, after DATA began — so the server may hold the
-// message already and this attempt may deliver it a second time (the
-// duplicate window of RFC 1047, which SMTP cannot close): an ambiguous
-// resend, logged and counted.
+// remote server (it is set just before DATA), for markerTTL. The "sent:"
+// key supersedes it once the server's 250 is recorded; a failure the
+// server answered (4xx, 5xx) removes it. Found on a later attempt of a
+// recipient that is not "sent:", it says the earlier attempt ended without
+// a known outcome — the relay was killed, or the connection broke, after
+// DATA was sent — so the server may hold the message already and this
+// attempt may deliver it a second time (the duplicate window of RFC 1047,
+// which SMTP cannot close): an ambiguous resend, logged and counted.
+//
+// One case is reported although it is not ambiguous: the connection
+// breaking on the DATA command itself (sending it or reading its 354),
+// before any byte of the message left. smtpout reports it like a
+// connection lost during the message (Code 0, status 4.4.2) and has no
+// hook after the 354, so the marker cannot be told apart from one left
+// after the message was sent; it stays, and the retry is counted as an
+// ambiguous resend. The report errs on the side of a duplicate that did
+// not happen, never of one that did.
 func attemptKey(id, rcpt string) string { return "attempt:" + id + ":" + strings.ToLower(rcpt) }
+
+// markerTTL is how long an attempt marker lives. It is read only by a
+// later attempt of the same delivery and recipient that finds no sent key:
+// a retry, due no later than the end of the retry lifetime (the first
+// attempt plus Retry.MaxLifetime, and the marker is set at or after the
+// first attempt), or the redelivery of a record whose consumer was killed
+// during that last attempt, deferred by its sending lease (leaseTTL) at
+// most. A shorter life (a lease's) would lose the report of a relay killed
+// during DATA: the redelivered record is deferred behind the lease, and
+// retried after it expired. Once the sent key is stored the marker is dead
+// weight, so it does not live the sent key's IdempotencyTTL: a successful
+// send holds two keys per recipient for the retry lifetime only, not for
+// the whole idempotency window (forgetting it after the 250 would cost a
+// state write per recipient on every send).
+func (s *Service) markerTTL() time.Duration {
+	return min(s.cfg.IdempotencyTTL, s.cfg.Retry.MaxLifetime+s.leaseTTL())
+}
 
 // newAmbiguousCounter is postern.relay.ambiguous_resends (Prometheus:
 // postern_relay_ambiguous_resends_total{destination}).
@@ -60,16 +86,19 @@ func (tx *transaction) beforeData(rcpts []string) error {
 	for i, r := range rcpts {
 		keys[i] = attemptKey(d.ID, r)
 	}
-	claimed, err := s.deps.Idempotency.ClaimAll(context.WithoutCancel(tx.ctx), keys, s.cfg.IdempotencyTTL)
+	claimed, err := s.deps.Idempotency.ClaimAll(context.WithoutCancel(tx.ctx), keys, s.markerTTL())
 	if err != nil {
 		s.log.WarnContext(tx.ctx, "recording a delivery attempt failed; not sending", slog.String("delivery_id", d.ID), slog.Any("error", err))
 		return err
 	}
-	msgID := messageID(d.Message)
+	msgID, parsed := "", false // the header is read only for a report
 	for i, r := range rcpts {
 		tx.marked[strings.ToLower(r)] = true
 		if claimed[i] {
 			continue
+		}
+		if !parsed {
+			msgID, parsed = messageID(d.Message), true
 		}
 		s.ambiguous.Add(tx.ctx, 1, metric.WithAttributes(attrDestination.String(d.Destination)))
 		s.log.WarnContext(tx.ctx, "ambiguous resend: an earlier attempt ended without a known outcome after DATA began (relay killed or connection lost before the reply was recorded); the remote server may receive this message twice",

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/metric/noop"
+
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/sitestate"
 	"github.com/postern/postern/internal/telemetry"
 	"github.com/postern/postern/services/relay/internal/delivery"
 	"github.com/postern/postern/services/relay/internal/smtpout/sinktest"
@@ -139,5 +142,63 @@ func TestRefusedAttemptIsNotAmbiguous(t *testing.T) {
 	}
 	if strings.Contains(log.String(), "ambiguous resend") || ambiguous() != 0 {
 		t.Errorf("the retry after a 451 was reported as an ambiguous resend")
+	}
+}
+
+// ttlRecorder is an idempotency store that remembers the TTL each key was
+// claimed with.
+type ttlRecorder struct {
+	sitestate.Idempotency
+	mu   sync.Mutex
+	ttls map[string]time.Duration
+}
+
+func (r *ttlRecorder) ClaimAll(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	r.mu.Lock()
+	for _, k := range keys {
+		r.ttls[k] = ttl
+	}
+	r.mu.Unlock()
+	return r.Idempotency.ClaimAll(ctx, keys, ttl)
+}
+
+func (r *ttlRecorder) ttl(key string) (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.ttls[key]
+	return d, ok
+}
+
+// TestAttemptMarkerLivesTheRetryLifetime: the attempt marker must outlive
+// every later attempt of its delivery (the retry lifetime, and a lease for
+// a redelivery after a kill), but not the idempotency window of the sent
+// key that supersedes it: a sent message does not hold two keys per
+// recipient for IdempotencyTTL.
+func TestAttemptMarkerLivesTheRetryLifetime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sink := sinktest.Start(t, sinktest.Options{})
+	cfg := testConfig(sink.Addr)
+	idem := &ttlRecorder{Idempotency: e.state.Idempotency(), ttls: map[string]time.Duration{}}
+	svc, err := delivery.New(cfg, delivery.Deps{
+		Bus: e.bus, Directory: e.state.Directory(), Idempotency: idem, Local: e.local, Site: site,
+		Logger: slog.New(slog.DiscardHandler), MeterProvider: noop.NewMeterProvider(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	e.publish(outbound("d-ttl", "zs@example.com", "c@example.net"))
+	e.final("c@example.net")
+
+	lease := cfg.DialTimeout + 4*cfg.CommandTimeout + cfg.DataTimeout
+	if got, ok := idem.ttl("attempt:d-ttl:c@example.net"); !ok || got != cfg.Retry.MaxLifetime+lease {
+		t.Errorf("attempt marker TTL %v (set %v), want the retry lifetime plus a lease, %v", got, ok, cfg.Retry.MaxLifetime+lease)
+	}
+	if got, ok := idem.ttl("sent:d-ttl:c@example.net"); !ok || got != cfg.IdempotencyTTL {
+		t.Errorf("sent key TTL %v (set %v), want IdempotencyTTL %v", got, ok, cfg.IdempotencyTTL)
 	}
 }
