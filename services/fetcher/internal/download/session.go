@@ -623,27 +623,41 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 			return s.fail(KindPublish, fmt.Errorf("publishing %d messages to mail.inbound: %w", len(msgs), err))
 		}
 	}
+	// Published: record each even if a stop cancels ctx now, or the
+	// statuses that already came for it (kept in memory, see
+	// takeOrphans) would be lost with the process. The early statuses
+	// are taken once every hand-off is recorded, with one read of the
+	// site state for the batch: also those of the messages recorded
+	// before a failure.
+	pctx := context.WithoutCancel(ctx)
+	var (
+		handed []handedOff
+		ferr   error
+	)
 	for _, p := range pub {
 		it := p.it
 		if d.afterPublish != nil {
 			if err := d.afterPublish(ctx, a.ID, it.info.UID); err != nil {
-				return s.fail(KindState, err)
+				ferr = s.fail(KindState, err)
+				break
 			}
 		}
-		// Published: record it even if a stop cancels ctx now, or the
-		// statuses that already came for it (kept in memory, see
-		// takeOrphans) would be lost with the process.
-		pctx := context.WithoutCancel(ctx)
 		if err := d.dup.published(pctx, it.hdr.messageID, p.rcpts...); err != nil {
-			return s.fail(KindState, err)
+			ferr = s.fail(KindState, err)
+			break
 		}
 		h := sitestate.Handoff{MessageID: it.hdr.messageID, Recipients: p.rcpts, At: p.rec.ReceivedAt}
 		if _, _, err := d.opts.Ledger.RecordHandoff(pctx, a.ID, it.info.UID, h); err != nil {
-			return s.fail(KindState, fmt.Errorf("recording the hand-off of %s (published as %s): %w", it.info.UID, p.rec.ID, err))
+			ferr = s.fail(KindState, fmt.Errorf("recording the hand-off of %s (published as %s): %w", it.info.UID, p.rec.ID, err))
+			break
 		}
-		if err := d.takeOrphans(pctx, a.ID, it.info.UID, p.rcpts); err != nil {
-			return s.fail(KindState, fmt.Errorf("applying early statuses of %s: %w", it.info.UID, err))
-		}
+		handed = append(handed, handedOff{uidl: it.info.UID, rcpts: p.rcpts})
+	}
+	if err := d.takeAllOrphans(pctx, a.ID, handed); err != nil && ferr == nil {
+		ferr = s.fail(KindState, fmt.Errorf("applying early statuses: %w", err))
+	}
+	for _, p := range pub[:len(handed)] {
+		it := p.it
 		s.clearFailure(it.info.UID)
 		mctx := context.WithoutCancel(ctx)
 		d.in.downloaded.Add(mctx, 1, acctAttr(a.Name))
@@ -657,6 +671,9 @@ func (s *session) publishBatch(ctx context.Context, batch []*item, mu *sync.Mute
 		s.res.Downloaded++
 		s.res.Bytes += int64(len(it.msg))
 		mu.Unlock()
+	}
+	if ferr != nil {
+		return ferr
 	}
 	for _, it := range dupOnly {
 		// Every recipient had it already: nothing to publish. Record it

@@ -258,46 +258,81 @@ func (d *Downloader) keepOrphan(account, uidl string, at time.Time, rcpts []stri
 	}
 }
 
-// takeOrphans applies the statuses that arrived before the hand-off of
-// (account, uidl) to rcpts was recorded: those kept in memory, and those
-// kept in the site state by this or an earlier fetcher process.
+// handedOff is a message whose hand-off was just recorded, with the
+// recipients it was published for.
+type handedOff struct {
+	uidl  string
+	rcpts []string
+}
+
+// takeOrphans is takeAllOrphans for one message.
 func (d *Downloader) takeOrphans(ctx context.Context, account, uidl string, rcpts []string) error {
-	k := orphanKey(account, uidl)
-	d.mu.Lock()
-	o := d.orphans[k]
-	delete(d.orphans, k)
-	d.mu.Unlock()
-	var (
+	return d.takeAllOrphans(ctx, account, []handedOff{{uidl: uidl, rcpts: rcpts}})
+}
+
+// takeAllOrphans applies the statuses that arrived before the hand-offs
+// of account's messages hs were recorded: those kept in memory, and those
+// kept in the site state by this or an earlier fetcher process, read in
+// one round trip for all of hs. It must run after the hand-offs are
+// recorded (a status that came later found the ledger entry). A failure
+// leaves the others applied.
+func (d *Downloader) takeAllOrphans(ctx context.Context, account string, hs []handedOff) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	type found struct {
 		early []string
 		at    time.Time
-	)
-	if o != nil && time.Since(o.seen) <= orphanTTL {
-		early, at = o.recipients, o.at
 	}
-	if d.opts.Idempotency != nil && len(rcpts) > 0 {
-		keys := make([]string, len(rcpts))
-		for i, r := range rcpts {
-			keys[i] = orphanMarkKey(account, uidl, r)
+	fs := make([]found, len(hs))
+	d.mu.Lock()
+	for i, h := range hs {
+		k := orphanKey(account, h.uidl)
+		if o := d.orphans[k]; o != nil && time.Since(o.seen) <= orphanTTL {
+			fs[i] = found{early: o.recipients, at: o.at}
+		}
+		delete(d.orphans, k)
+	}
+	d.mu.Unlock()
+	var errs []error
+	if d.opts.Idempotency != nil {
+		var keys []string
+		for _, h := range hs {
+			for _, r := range h.rcpts {
+				keys = append(keys, orphanMarkKey(account, h.uidl, r))
+			}
 		}
 		seen, err := d.opts.Idempotency.SeenAll(ctx, keys)
 		if err != nil {
-			return err
+			// Those kept in memory are applied all the same.
+			errs = append(errs, err)
+			seen = nil
 		}
-		for i, r := range rcpts {
-			if seen[i] && !contains(early, strings.ToLower(r)) {
-				early = append(early, strings.ToLower(r))
+		n := 0
+		for i, h := range hs {
+			for _, r := range h.rcpts {
+				if n < len(seen) && seen[n] && !contains(fs[i].early, strings.ToLower(r)) {
+					fs[i].early = append(fs[i].early, strings.ToLower(r))
+				}
+				n++
+			}
+			if seen != nil && len(h.rcpts) > 0 && fs[i].at.IsZero() {
+				fs[i].at = d.opts.Now() // kept by a process that is gone: the time is not known
 			}
 		}
-		if at.IsZero() {
-			at = d.opts.Now() // kept by a process that is gone: the time is not known
+	}
+	for i, h := range hs {
+		f := fs[i]
+		if len(f.early) == 0 {
+			continue
+		}
+		e, err := d.opts.Ledger.MarkDelivered(ctx, account, h.uidl, f.at, f.early...)
+		if err == nil {
+			err = d.markUnmatched(ctx, e, f.at, f.early)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.uidl, err))
 		}
 	}
-	if len(early) == 0 {
-		return nil
-	}
-	e, err := d.opts.Ledger.MarkDelivered(ctx, account, uidl, at, early...)
-	if err != nil {
-		return err
-	}
-	return d.markUnmatched(ctx, e, at, early)
+	return errors.Join(errs...)
 }
