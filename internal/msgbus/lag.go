@@ -18,13 +18,37 @@ import (
 // broker that does not answer never holds a Prometheus scrape for long.
 const lagTimeout = 5 * time.Second
 
+// lagMaxAge is how long a measured lag is reported again before the broker
+// is asked anew. Measuring costs a Metadata, a ListOffsets and an
+// OffsetFetch request per consumer group; every reader of the meter
+// provider collects (in `postern serve` several metrics endpoints share
+// one), and each scrape within this time reuses the last measurement.
+const lagMaxAge = 5 * time.Second
+
 // lagWatch remembers every (group, topic) this bus consumed, so that the
 // lag gauge keeps reporting a subscription after its consumer stopped (the
-// records keep arriving; that is when the lag matters).
+// records keep arriving; that is when the lag matters), and the last
+// measurement.
 type lagWatch struct {
 	mu     sync.Mutex
 	groups map[string]map[string]bool // group -> logical topics
 	failed bool                       // the last collection failed (logged once per streak)
+
+	// measuring is held while the broker is asked (lagTimeout at most),
+	// so that collections at the same moment wait for one measurement
+	// instead of each making one.
+	measuring sync.Mutex
+	points    []lagPoint    // the last measurement (under mu)
+	at        time.Time     // when it was taken; zero: none to reuse (under mu)
+	gen       int           // bumped by every new subscription (under mu)
+	maxAge    time.Duration // 0: lagMaxAge; negative: never reuse (tests)
+	rounds    int           // measurements made (tests)
+}
+
+// lagPoint is one value of the gauge.
+type lagPoint struct {
+	topic, group string // wire topic name, group
+	lag          int64
 }
 
 func (w *lagWatch) add(group, topic string) {
@@ -36,7 +60,26 @@ func (w *lagWatch) add(group, topic string) {
 	if w.groups[group] == nil {
 		w.groups[group] = map[string]bool{}
 	}
+	if !w.groups[group][topic] {
+		// A new subscription is measured at the next collection.
+		w.at = time.Time{}
+		w.gen++
+	}
 	w.groups[group][topic] = true
+}
+
+// recent returns the last measurement if it is fresh enough to report again.
+func (w *lagWatch) recent() ([]lagPoint, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	maxAge := w.maxAge
+	if maxAge == 0 {
+		maxAge = lagMaxAge
+	}
+	if w.at.IsZero() || time.Since(w.at) >= maxAge {
+		return nil, false
+	}
+	return w.points, true
 }
 
 // snapshot returns the watched groups and their topics, sorted.
@@ -51,38 +94,78 @@ func (w *lagWatch) snapshot() map[string][]string {
 }
 
 // observeLag is the callback of the postern.bus.consumer.lag gauge: for
-// every group and topic this bus consumed, the records not yet committed.
-// A broker that does not answer leaves the gauge without points for the
-// collection (and a warning in the log), never a stale or made-up value.
+// every group and topic this bus consumed, the records not yet committed,
+// as measured at most lagMaxAge ago. A broker that does not answer leaves
+// the gauge without points for the collection (and those within lagMaxAge
+// after it), and a warning in the log, never a made-up value.
 func (b *Bus) observeLag(ctx context.Context, o metric.Observer) error {
-	subs := b.lag.snapshot()
-	if len(subs) == 0 || b.isClosed() {
+	if b.isClosed() {
 		return nil
 	}
+	for _, p := range b.measureLag(ctx) {
+		o.ObserveInt64(b.inst.lag, p.lag, metric.WithAttributes(attrTopic.String(p.topic), attrGroup.String(p.group)))
+	}
+	return nil
+}
+
+// measureLag returns the lag of every watched subscription: the last
+// measurement while it is recent, else a new one.
+func (b *Bus) measureLag(ctx context.Context) []lagPoint {
+	w := &b.lag
+	if pts, ok := w.recent(); ok {
+		return pts
+	}
+	w.measuring.Lock()
+	defer w.measuring.Unlock()
+	if pts, ok := w.recent(); ok {
+		return pts // measured while this one waited
+	}
+	w.mu.Lock()
+	gen := w.gen
+	w.mu.Unlock()
+	subs := w.snapshot()
+	if len(subs) == 0 {
+		return nil
+	}
+	w.mu.Lock()
+	w.rounds++
+	w.mu.Unlock()
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, min(lagTimeout, b.cfg.RequestTimeout))
 	defer cancel()
-	var errs []error
+	var (
+		errs []error
+		pts  []lagPoint
+	)
 	for _, group := range slices.Sorted(maps.Keys(subs)) {
 		lags, err := b.ConsumerLag(ctx, group, subs[group]...)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		for topic, n := range lags {
-			o.ObserveInt64(b.inst.lag, n, metric.WithAttributes(attrTopic.String(b.Topic(topic)), attrGroup.String(group)))
+		for _, topic := range slices.Sorted(maps.Keys(lags)) {
+			pts = append(pts, lagPoint{topic: b.Topic(topic), group: group, lag: lags[topic]})
 		}
 	}
 	err := errors.Join(errs...)
-	b.lag.mu.Lock()
-	wasFailing := b.lag.failed
-	b.lag.failed = err != nil
-	b.lag.mu.Unlock()
+	if caller.Err() != nil {
+		// The collection was given up (a scrape timed out): what it
+		// measured says nothing of the broker, and is not reused.
+		return pts
+	}
+	w.mu.Lock()
+	if w.gen == gen { // else it misses a subscription: not reused
+		w.points, w.at = pts, time.Now()
+	}
+	wasFailing := w.failed
+	w.failed = err != nil
+	w.mu.Unlock()
 	switch {
 	case err != nil && !wasFailing:
 		b.logger.Warn("consumer lag cannot be measured; the lag gauge has no value until the broker answers", slog.Any("error", err))
 	case err == nil && wasFailing:
 		b.logger.Info("consumer lag measured again")
 	}
-	return nil
+	return pts
 }
 
 // ConsumerLag returns, for each logical topic that exists, how many of its
