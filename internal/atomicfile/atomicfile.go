@@ -11,7 +11,16 @@ import (
 )
 
 // WriteFile replaces path with data, with permissions perm.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return WriteFileWith(path, data, perm, nil)
+}
+
+// WriteFileWith is WriteFile calling before (if not nil) with the
+// temporary file once data is written, before the file is synced, closed
+// and renamed over path: the place to set its owner, a wider mode or its
+// times (synced with the data), or to stat what is about to become path.
+// An error from before abandons the write, leaving path as it was.
+func WriteFileWith(path string, data []byte, perm os.FileMode, before func(f *os.File) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -30,6 +39,12 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
+	}
+	if before != nil {
+		if err := before(f); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()

@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postern/postern/internal/atomicfile"
 	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/passwd"
 	"github.com/postern/postern/internal/replica"
@@ -292,59 +293,41 @@ func validLogin(name string) bool {
 // write replaces the file with content atomically and durably, with a
 // modification time later than the replaced file's.
 func (w *Writer) write(content []byte) error {
-	dir := filepath.Dir(w.path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(w.path)+".tmp-*")
+	var written fileStamp
+	// Created 0600, and opened to the group only once the group is
+	// Dovecot's: no one else reads the hashes meanwhile.
+	err := atomicfile.WriteFileWith(w.path, content, 0o600, func(f *os.File) error {
+		if w.gid >= 0 {
+			if err := f.Chown(-1, w.gid); err != nil {
+				return err
+			}
+		}
+		if err := f.Chmod(0o640); err != nil {
+			return err
+		}
+		// Dovecot notices a new version by its modification time
+		// (seconds) or size: make the time later than the old file's.
+		mtime := w.now()
+		if fi, err := os.Stat(w.path); err == nil {
+			if prev := fi.ModTime().Truncate(time.Second); !mtime.Truncate(time.Second).After(prev) {
+				mtime = prev.Add(time.Second)
+			}
+		}
+		if err := os.Chtimes(f.Name(), mtime, mtime); err != nil {
+			return err
+		}
+		// The stamp of what we wrote, taken before the rename (the
+		// inode moves with it): once renamed, the file may already be
+		// replaced.
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		written = fileStamp{ok: true, size: fi.Size(), modTime: fi.ModTime().UnixNano(), ino: inode(fi)}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("dovecotauth: writing %s: %w", w.path, err)
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("dovecotauth: writing %s: %w", w.path, err)
-	}
-	if err := f.Chmod(0o640); err != nil {
-		return fail(err)
-	}
-	if w.gid >= 0 {
-		if err := f.Chown(-1, w.gid); err != nil {
-			return fail(err)
-		}
-	}
-	if _, err := f.Write(content); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		return fail(err)
-	}
-	// Dovecot notices a new version by its modification time (seconds)
-	// or size: make the time later than the old file's.
-	mtime := w.now()
-	if fi, err := os.Stat(w.path); err == nil {
-		if prev := fi.ModTime().Truncate(time.Second); !mtime.Truncate(time.Second).After(prev) {
-			mtime = prev.Add(time.Second)
-		}
-	}
-	if err := os.Chtimes(tmp, mtime, mtime); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("dovecotauth: writing %s: %w", w.path, err)
-	}
-	// The stamp of what we wrote, taken before the rename (the inode
-	// moves with it): once renamed, the file may already be replaced.
-	written := stamp(tmp)
-	if err := os.Rename(tmp, w.path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("dovecotauth: writing %s: %w", w.path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("dovecotauth: syncing %s: %w", dir, err)
-		}
 	}
 	w.written = written
 	return nil
