@@ -35,32 +35,72 @@ func (s *Service) LocalSiteAgent(ctx context.Context, site, tokenFile string) (c
 	if err := s.ensureSite(ctx, site); err != nil {
 		return "", err
 	}
-	if secret, ok := s.usableAgentSecret(ctx, site, tokenFile); ok {
-		return secret, nil
+	// A secret written but not yet moved into place (a stop between the
+	// commit and the rename below) is the newest: try it first.
+	pending := tokenFile + ".new"
+	var stale string // a token of ours the file names that no longer fits
+	for _, file := range []string{pending, tokenFile} {
+		secret, old, err := s.agentSecret(ctx, site, file)
+		if err != nil {
+			return "", err
+		}
+		if secret != "" {
+			if file == pending {
+				if err := os.Rename(pending, tokenFile); err != nil {
+					return "", fmt.Errorf("site agent token file: %w", err)
+				}
+			}
+			return secret, nil
+		}
+		if stale == "" {
+			stale = old
+		}
 	}
+
 	id := uuid.Must(uuid.NewV7()).String()
 	secret, hash, err := auth.NewSecret(id)
 	if err != nil {
 		return "", err
 	}
 	tok := directory.Token{Meta: directory.Meta{ID: id}, Name: site + " fetcher (single box)", Role: directory.RoleSiteAgent, Site: site, SecretHash: hash}
-	// The file first: a token whose secret was not kept would be useless.
+	if err := tok.Normalize(); err != nil {
+		return "", fmt.Errorf("site agent token: %w", err)
+	}
+	// The secret is kept before the token exists (a token whose secret
+	// is lost is useless), beside the file, and moved into place only
+	// once the token is committed (the file never names a token that
+	// does not exist).
 	if err := os.MkdirAll(filepath.Dir(tokenFile), 0o700); err != nil {
 		return "", fmt.Errorf("site agent token file: %w", err)
 	}
-	if err := atomicfile.WriteFile(tokenFile, []byte(secret+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(pending, []byte(secret+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("site agent token file: %w", err)
 	}
 	err = s.store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.CreateToken(ctx, &tok); err != nil {
 			return err
 		}
-		return tx.Audit(ctx, &directory.AuditEntry{Actor: localAgentActor, Action: "token.create", TargetKind: directory.KindToken, TargetID: tok.ID, Diff: directory.Diff(nil, tok)})
+		if err := tx.Audit(ctx, &directory.AuditEntry{Actor: localAgentActor, Action: "token.create", TargetKind: directory.KindToken, TargetID: tok.ID, Diff: directory.Diff(nil, tok)}); err != nil {
+			return err
+		}
+		if stale == "" {
+			return nil
+		}
+		// The token the file named before is revoked with the change,
+		// so that no live site_agent token is left without its secret.
+		if err := tx.DeleteToken(ctx, stale, store.AnyVersion); err != nil {
+			return err
+		}
+		return tx.Audit(ctx, &directory.AuditEntry{Actor: localAgentActor, Action: "token.delete", TargetKind: directory.KindToken, TargetID: stale})
 	})
 	if err != nil {
+		_ = os.Remove(pending)
 		return "", fmt.Errorf("site agent token: %w", err)
 	}
-	s.log.Info("created the site_agent token of the fetcher in this process", "site", site, "token_id", id, "token_file", tokenFile)
+	if err := os.Rename(pending, tokenFile); err != nil {
+		return "", fmt.Errorf("site agent token file: %w", err)
+	}
+	s.log.Info("created the site_agent token of the fetcher in this process", "site", site, "token_id", id, "token_file", tokenFile, "revoked", stale)
 	return config.Secret(secret), nil
 }
 
@@ -86,35 +126,44 @@ func (s *Service) ensureSite(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("site %s: %w", name, err)
 	}
-	s.log.Info("created the site of this single box in the directory; give it its mail domains with `postern sites update`", "site", name)
+	s.log.Info("created the site of this single box in the directory; give it its mail domains with `postern sites edit NAME --domain DOMAIN`", "site", name)
 	return nil
 }
 
-// usableAgentSecret reads the secret in tokenFile and reports whether it is
-// a live site_agent token for site.
-func (s *Service) usableAgentSecret(ctx context.Context, site, tokenFile string) (config.Secret, bool) {
-	b, err := os.ReadFile(tokenFile)
+// agentSecret reads the secret in file and returns it when it is a live
+// site_agent token for site. Otherwise it returns "" and, when the file
+// names a site_agent token of site that no longer fits (another secret,
+// expired), that token's id, to be revoked. A file that is missing or
+// does not hold a token, or names a token that is gone, gives nothing; a
+// directory that does not answer is an error (it must not lead to a new
+// token beside a live one).
+func (s *Service) agentSecret(ctx context.Context, site, file string) (config.Secret, string, error) {
+	b, err := os.ReadFile(file)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			s.log.Warn("cannot read the site agent token file; creating a new token", "token_file", tokenFile, "error", err)
+			s.log.Warn("cannot read the site agent token file; creating a new token", "token_file", file, "error", err)
 		}
-		return "", false
+		return "", "", nil
 	}
 	secret := strings.TrimSpace(string(b))
 	id, ok := auth.TokenID(secret)
 	if !ok {
-		s.log.Warn("the site agent token file does not hold a token; creating a new one", "token_file", tokenFile)
-		return "", false
+		s.log.Warn("the site agent token file does not hold a token; creating a new one", "token_file", file)
+		return "", "", nil
 	}
 	tok, err := s.store.GetToken(ctx, id)
 	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.log.Info("the site agent token in the file is gone (revoked?); creating a new one", "token_file", file, "token_id", id)
+		return "", "", nil
 	case err != nil:
-		s.log.Info("the site agent token in the file is gone (revoked?); creating a new one", "token_file", tokenFile, "token_id", id)
-		return "", false
-	case tok.SecretHash != auth.HashSecret(secret), tok.Role != directory.RoleSiteAgent, tok.Site != site,
-		tok.ExpiresAt != nil && !tok.ExpiresAt.After(time.Now()):
-		s.log.Info("the site agent token in the file no longer fits this site; creating a new one", "token_file", tokenFile, "token_id", id)
-		return "", false
+		return "", "", fmt.Errorf("site agent token %s: %w", id, err)
+	case tok.Role != directory.RoleSiteAgent || tok.Site != site:
+		s.log.Info("the token in the site agent token file is not this site's agent; creating a new one", "token_file", file, "token_id", id)
+		return "", "", nil
+	case tok.SecretHash != auth.HashSecret(secret), tok.ExpiresAt != nil && !tok.ExpiresAt.After(time.Now()):
+		s.log.Info("the site agent token in the file no longer fits; replacing it", "token_file", file, "token_id", id)
+		return "", id, nil
 	}
-	return config.Secret(secret), true
+	return config.Secret(secret), "", nil
 }
