@@ -451,7 +451,7 @@ type GroupPatch struct {
 
 // ImportResult What an import did, or what a dry run would do.
 //
-// Example: {"created":["john"],"dry_run":true,"errors":[{"column":4,"field":"email","line":4,"reason":"not an address: missing \"@\""}],"updated":["zhangsan"]}
+// Example: {"created":["john"],"dry_run":true,"errors":[{"column":4,"field":"email","line":4,"reason":"not an address: missing \"@\""}],"unchanged":["lisi"],"updated":["zhangsan"]}
 type ImportResult struct {
 	// Created The usernames created (or that would be).
 	Created []string `json:"created"`
@@ -463,6 +463,9 @@ type ImportResult struct {
 
 	// Errors Every bad line (only in a dry run; a real import with bad lines answers 422).
 	Errors []FieldError `json:"errors"`
+
+	// Unchanged The usernames of existing users whose line changes nothing; they are not written.
+	Unchanged *[]string `json:"unchanged,omitempty"`
 
 	// Updated The usernames updated (or that would be).
 	Updated []string `json:"updated"`
@@ -1401,7 +1404,7 @@ type UserCreate struct {
 	// Example: {"internet_send":true}
 	Permissions *PermissionsPatch `json:"permissions,omitempty"`
 
-	// PrimaryAddress An RFC 5321 mailbox (no display name); the domain may be an IDNA (Unicode) domain. Stored lower-cased, unique across all addresses.
+	// PrimaryAddress An RFC 5321 mailbox (no display name); the domain may be an IDNA (Unicode) domain, and must be a mail domain of some site (of the token's own site for a `site_admin`). Stored lower-cased, unique across all addresses.
 	//
 	// Example: lisi@example.org
 	PrimaryAddress *string `json:"primary_address,omitempty"`

@@ -452,7 +452,7 @@ type GroupPatch struct {
 
 // ImportResult What an import did, or what a dry run would do.
 //
-// Example: {"created":["john"],"dry_run":true,"errors":[{"column":4,"field":"email","line":4,"reason":"not an address: missing \"@\""}],"updated":["zhangsan"]}
+// Example: {"created":["john"],"dry_run":true,"errors":[{"column":4,"field":"email","line":4,"reason":"not an address: missing \"@\""}],"unchanged":["lisi"],"updated":["zhangsan"]}
 type ImportResult struct {
 	// Created The usernames created (or that would be).
 	Created []string `json:"created"`
@@ -464,6 +464,9 @@ type ImportResult struct {
 
 	// Errors Every bad line (only in a dry run; a real import with bad lines answers 422).
 	Errors []FieldError `json:"errors"`
+
+	// Unchanged The usernames of existing users whose line changes nothing; they are not written.
+	Unchanged *[]string `json:"unchanged,omitempty"`
 
 	// Updated The usernames updated (or that would be).
 	Updated []string `json:"updated"`
@@ -1402,7 +1405,7 @@ type UserCreate struct {
 	// Example: {"internet_send":true}
 	Permissions *PermissionsPatch `json:"permissions,omitempty"`
 
-	// PrimaryAddress An RFC 5321 mailbox (no display name); the domain may be an IDNA (Unicode) domain. Stored lower-cased, unique across all addresses.
+	// PrimaryAddress An RFC 5321 mailbox (no display name); the domain may be an IDNA (Unicode) domain, and must be a mail domain of some site (of the token's own site for a `site_admin`). Stored lower-cased, unique across all addresses.
 	//
 	// Example: lisi@example.org
 	PrimaryAddress *string `json:"primary_address,omitempty"`
@@ -2229,7 +2232,7 @@ type ClientInterface interface {
 
 	// DeleteSite Delete a site
 	//
-	// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site.
+	// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site, or while an address of a user, group or shared mailbox is in one of its domains that no other site receives (as `updateSite` refuses to remove such a domain).
 	//
 	// Corresponds with DELETE /v1/sites/{name} (the `DeleteSite` operationId).
 	DeleteSite(ctx context.Context, name SiteName, params *DeleteSiteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -2393,6 +2396,15 @@ type ClientInterface interface {
 	// set. Addresses must be unique across users, aliases, groups and shared
 	// mailboxes (`409` when taken).
 	//
+	// Every address given to a user (`primary_address`, `aliases`) must be
+	// in a mail domain of some site of the organisation (`422` otherwise).
+	// A `site_admin` token may only give addresses in its own site's
+	// domains, and may not choose group memberships, since groups are
+	// organisation-wide: its users get the groups of the template it names,
+	// if any (`403` otherwise, naming the member). The same rules hold for
+	// `updateUser` and `importUsers`, for the addresses and groups a write
+	// adds or changes; what a user already has stays.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/users (the `CreateUser` operationId).
@@ -2406,6 +2418,15 @@ type ClientInterface interface {
 	// migrations); with neither, the user cannot log in until a password is
 	// set. Addresses must be unique across users, aliases, groups and shared
 	// mailboxes (`409` when taken).
+	//
+	// Every address given to a user (`primary_address`, `aliases`) must be
+	// in a mail domain of some site of the organisation (`422` otherwise).
+	// A `site_admin` token may only give addresses in its own site's
+	// domains, and may not choose group memberships, since groups are
+	// organisation-wide: its users get the groups of the template it names,
+	// if any (`403` otherwise, naming the member). The same rules hold for
+	// `updateUser` and `importUsers`, for the addresses and groups a write
+	// adds or changes; what a user already has stays.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -2453,7 +2474,11 @@ type ClientInterface interface {
 	// `"john","John Doe","abcd1234"`. A user whose username exists is
 	// updated, any other is created; a column that is absent takes the
 	// value of the `template` named in the query, otherwise the defaults
-	// of `UserCreate`. A username or an address may appear only once in
+	// of `UserCreate`. For an existing user, what a line leaves out (an
+	// absent column or an empty cell, `description` included) keeps the
+	// user's current value, and a line that changes nothing writes
+	// nothing (no new version, no change-log entry): it is listed in
+	// `unchanged`. A username or an address may appear only once in
 	// the file.
 	//
 	// The import is all or nothing, in one transaction. With any bad line,
@@ -2465,7 +2490,10 @@ type ClientInterface interface {
 	// be created and updated and every problem in `errors`.
 	//
 	// A `site_admin` token may import users of its own site only; a line
-	// for another site is a bad line.
+	// for another site is a bad line. The rules of `createUser` on
+	// addresses and groups hold for every line: an address in no site's
+	// domain (for a `site_admin`, outside its site's domains) or a change
+	// of groups by a `site_admin` is a bad line.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -2486,7 +2514,7 @@ type ClientInterface interface {
 
 	// UpdateUserWithBody Update a user
 	//
-	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -2495,7 +2523,7 @@ type ClientInterface interface {
 
 	// UpdateUser Update a user
 	//
-	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -2984,7 +3012,7 @@ func (c *Client) CreateSite(ctx context.Context, body CreateSiteJSONRequestBody,
 
 // DeleteSite Delete a site
 //
-// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site.
+// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site, or while an address of a user, group or shared mailbox is in one of its domains that no other site receives (as `updateSite` refuses to remove such a domain).
 //
 // Corresponds with DELETE /v1/sites/{name} (the `DeleteSite` operationId).
 func (c *Client) DeleteSite(ctx context.Context, name SiteName, params *DeleteSiteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -3328,6 +3356,15 @@ func (c *Client) ListUsers(ctx context.Context, params *ListUsersParams, reqEdit
 // set. Addresses must be unique across users, aliases, groups and shared
 // mailboxes (`409` when taken).
 //
+// Every address given to a user (`primary_address`, `aliases`) must be
+// in a mail domain of some site of the organisation (`422` otherwise).
+// A `site_admin` token may only give addresses in its own site's
+// domains, and may not choose group memberships, since groups are
+// organisation-wide: its users get the groups of the template it names,
+// if any (`403` otherwise, naming the member). The same rules hold for
+// `updateUser` and `importUsers`, for the addresses and groups a write
+// adds or changes; what a user already has stays.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/users (the `CreateUser` operationId).
@@ -3351,6 +3388,15 @@ func (c *Client) CreateUserWithBody(ctx context.Context, contentType string, bod
 // migrations); with neither, the user cannot log in until a password is
 // set. Addresses must be unique across users, aliases, groups and shared
 // mailboxes (`409` when taken).
+//
+// Every address given to a user (`primary_address`, `aliases`) must be
+// in a mail domain of some site of the organisation (`422` otherwise).
+// A `site_admin` token may only give addresses in its own site's
+// domains, and may not choose group memberships, since groups are
+// organisation-wide: its users get the groups of the template it names,
+// if any (`403` otherwise, naming the member). The same rules hold for
+// `updateUser` and `importUsers`, for the addresses and groups a write
+// adds or changes; what a user already has stays.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -3418,7 +3464,11 @@ func (c *Client) ExportUsers(ctx context.Context, params *ExportUsersParams, req
 // `"john","John Doe","abcd1234"`. A user whose username exists is
 // updated, any other is created; a column that is absent takes the
 // value of the `template` named in the query, otherwise the defaults
-// of `UserCreate`. A username or an address may appear only once in
+// of `UserCreate`. For an existing user, what a line leaves out (an
+// absent column or an empty cell, `description` included) keeps the
+// user's current value, and a line that changes nothing writes
+// nothing (no new version, no change-log entry): it is listed in
+// `unchanged`. A username or an address may appear only once in
 // the file.
 //
 // The import is all or nothing, in one transaction. With any bad line,
@@ -3430,7 +3480,10 @@ func (c *Client) ExportUsers(ctx context.Context, params *ExportUsersParams, req
 // be created and updated and every problem in `errors`.
 //
 // A `site_admin` token may import users of its own site only; a line
-// for another site is a bad line.
+// for another site is a bad line. The rules of `createUser` on
+// addresses and groups hold for every line: an address in no site's
+// domain (for a `site_admin`, outside its site's domains) or a change
+// of groups by a `site_admin` is a bad line.
 //
 // Takes any type of body and a specified content type.
 //
@@ -3481,7 +3534,7 @@ func (c *Client) GetUser(ctx context.Context, id UserID, params *GetUserParams, 
 
 // UpdateUserWithBody Update a user
 //
-// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 //
 // Takes any type of body and a specified content type.
 //
@@ -3500,7 +3553,7 @@ func (c *Client) UpdateUserWithBody(ctx context.Context, id UserID, params *Upda
 
 // UpdateUser Update a user
 //
-// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -6185,7 +6238,7 @@ type ClientWithResponsesInterface interface {
 
 	// DeleteSiteWithResponse Delete a site
 	//
-	// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site.
+	// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site, or while an address of a user, group or shared mailbox is in one of its domains that no other site receives (as `updateSite` refuses to remove such a domain).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -6369,6 +6422,15 @@ type ClientWithResponsesInterface interface {
 	// set. Addresses must be unique across users, aliases, groups and shared
 	// mailboxes (`409` when taken).
 	//
+	// Every address given to a user (`primary_address`, `aliases`) must be
+	// in a mail domain of some site of the organisation (`422` otherwise).
+	// A `site_admin` token may only give addresses in its own site's
+	// domains, and may not choose group memberships, since groups are
+	// organisation-wide: its users get the groups of the template it names,
+	// if any (`403` otherwise, naming the member). The same rules hold for
+	// `updateUser` and `importUsers`, for the addresses and groups a write
+	// adds or changes; what a user already has stays.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/users (the `CreateUser` operationId).
@@ -6382,6 +6444,15 @@ type ClientWithResponsesInterface interface {
 	// migrations); with neither, the user cannot log in until a password is
 	// set. Addresses must be unique across users, aliases, groups and shared
 	// mailboxes (`409` when taken).
+	//
+	// Every address given to a user (`primary_address`, `aliases`) must be
+	// in a mail domain of some site of the organisation (`422` otherwise).
+	// A `site_admin` token may only give addresses in its own site's
+	// domains, and may not choose group memberships, since groups are
+	// organisation-wide: its users get the groups of the template it names,
+	// if any (`403` otherwise, naming the member). The same rules hold for
+	// `updateUser` and `importUsers`, for the addresses and groups a write
+	// adds or changes; what a user already has stays.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6431,7 +6502,11 @@ type ClientWithResponsesInterface interface {
 	// `"john","John Doe","abcd1234"`. A user whose username exists is
 	// updated, any other is created; a column that is absent takes the
 	// value of the `template` named in the query, otherwise the defaults
-	// of `UserCreate`. A username or an address may appear only once in
+	// of `UserCreate`. For an existing user, what a line leaves out (an
+	// absent column or an empty cell, `description` included) keeps the
+	// user's current value, and a line that changes nothing writes
+	// nothing (no new version, no change-log entry): it is listed in
+	// `unchanged`. A username or an address may appear only once in
 	// the file.
 	//
 	// The import is all or nothing, in one transaction. With any bad line,
@@ -6443,7 +6518,10 @@ type ClientWithResponsesInterface interface {
 	// be created and updated and every problem in `errors`.
 	//
 	// A `site_admin` token may import users of its own site only; a line
-	// for another site is a bad line.
+	// for another site is a bad line. The rules of `createUser` on
+	// addresses and groups hold for every line: an address in no site's
+	// domain (for a `site_admin`, outside its site's domains) or a change
+	// of groups by a `site_admin` is a bad line.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6468,7 +6546,7 @@ type ClientWithResponsesInterface interface {
 
 	// UpdateUserWithBodyWithResponse Update a user
 	//
-	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6477,7 +6555,7 @@ type ClientWithResponsesInterface interface {
 
 	// UpdateUserWithResponse Update a user
 	//
-	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+	// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -10551,7 +10629,7 @@ func (c *ClientWithResponses) CreateSiteWithResponse(ctx context.Context, body C
 
 // DeleteSiteWithResponse Delete a site
 //
-// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site.
+// Refused (`409`) while users, POP3 accounts, templates or tokens belong to the site, or while an address of a user, group or shared mailbox is in one of its domains that no other site receives (as `updateSite` refuses to remove such a domain).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -10843,6 +10921,15 @@ func (c *ClientWithResponses) ListUsersWithResponse(ctx context.Context, params 
 // set. Addresses must be unique across users, aliases, groups and shared
 // mailboxes (`409` when taken).
 //
+// Every address given to a user (`primary_address`, `aliases`) must be
+// in a mail domain of some site of the organisation (`422` otherwise).
+// A `site_admin` token may only give addresses in its own site's
+// domains, and may not choose group memberships, since groups are
+// organisation-wide: its users get the groups of the template it names,
+// if any (`403` otherwise, naming the member). The same rules hold for
+// `updateUser` and `importUsers`, for the addresses and groups a write
+// adds or changes; what a user already has stays.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/users (the `CreateUser` operationId).
@@ -10862,6 +10949,15 @@ func (c *ClientWithResponses) CreateUserWithBodyWithResponse(ctx context.Context
 // migrations); with neither, the user cannot log in until a password is
 // set. Addresses must be unique across users, aliases, groups and shared
 // mailboxes (`409` when taken).
+//
+// Every address given to a user (`primary_address`, `aliases`) must be
+// in a mail domain of some site of the organisation (`422` otherwise).
+// A `site_admin` token may only give addresses in its own site's
+// domains, and may not choose group memberships, since groups are
+// organisation-wide: its users get the groups of the template it names,
+// if any (`403` otherwise, naming the member). The same rules hold for
+// `updateUser` and `importUsers`, for the addresses and groups a write
+// adds or changes; what a user already has stays.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -10923,7 +11019,11 @@ func (c *ClientWithResponses) ExportUsersWithResponse(ctx context.Context, param
 // `"john","John Doe","abcd1234"`. A user whose username exists is
 // updated, any other is created; a column that is absent takes the
 // value of the `template` named in the query, otherwise the defaults
-// of `UserCreate`. A username or an address may appear only once in
+// of `UserCreate`. For an existing user, what a line leaves out (an
+// absent column or an empty cell, `description` included) keeps the
+// user's current value, and a line that changes nothing writes
+// nothing (no new version, no change-log entry): it is listed in
+// `unchanged`. A username or an address may appear only once in
 // the file.
 //
 // The import is all or nothing, in one transaction. With any bad line,
@@ -10935,7 +11035,10 @@ func (c *ClientWithResponses) ExportUsersWithResponse(ctx context.Context, param
 // be created and updated and every problem in `errors`.
 //
 // A `site_admin` token may import users of its own site only; a line
-// for another site is a bad line.
+// for another site is a bad line. The rules of `createUser` on
+// addresses and groups hold for every line: an address in no site's
+// domain (for a `site_admin`, outside its site's domains) or a change
+// of groups by a `site_admin` is a bad line.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -10978,7 +11081,7 @@ func (c *ClientWithResponses) GetUserWithResponse(ctx context.Context, id UserID
 
 // UpdateUserWithBodyWithResponse Update a user
 //
-// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -10993,7 +11096,7 @@ func (c *ClientWithResponses) UpdateUserWithBodyWithResponse(ctx context.Context
 
 // UpdateUserWithResponse Update a user
 //
-// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`.
+// Merge-patch semantics (see the introduction). The home site changes only through `moveUser`, the password only through `setUserPassword`. A new address must be in a mail domain of some site (`422`); a `site_admin` token may only add addresses in its own site's domains and may not change `groups` (`403`; see `createUser`).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //

@@ -16,12 +16,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/postern/postern/internal/app"
+	"github.com/postern/postern/internal/atomicfile"
 	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/opshttp"
 	"github.com/postern/postern/services/users/internal/auth"
@@ -133,10 +135,6 @@ func New(cfg Config, rt *app.Runtime) (_ *Service, err error) {
 	defer cancel()
 	log := rt.Logger.With("service", "users")
 
-	box, err := secretBox(cfg, log)
-	if err != nil {
-		return nil, err
-	}
 	st, err := store.Open(ctx, cfg.Store)
 	if err != nil {
 		return nil, err
@@ -146,6 +144,10 @@ func New(cfg Config, rt *app.Runtime) (_ *Service, err error) {
 			_ = st.Close()
 		}
 	}()
+	box, err := secretBox(ctx, cfg, st, log)
+	if err != nil {
+		return nil, err
+	}
 	if err := bootstrap(ctx, st, cfg.BootstrapToken, rt, log); err != nil {
 		return nil, err
 	}
@@ -263,22 +265,27 @@ func (s *Service) compact(ctx context.Context) {
 }
 
 // secretBox builds the POP3 password box from secret_keys, or from the key
-// file, generating the file on the very first start.
-func secretBox(cfg Config, log *slog.Logger) (*directory.SecretBox, error) {
+// file, generating the file on the very first start: when the directory
+// holds no sealed POP3 password yet. A missing key file while sealed
+// passwords exist is an error (a new key could not open them: the file
+// must be restored from the backup). Then it reports the passwords that
+// the box does not seal with its current key (SecretBox.NeedsRotation):
+// those an older configured key opens, and those no key opens, which
+// /v1/sync sends without their password.
+func secretBox(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) (*directory.SecretBox, error) {
+	sealed, err := st.SealedPOP3Passwords(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("secret keys: %w", err)
+	}
 	spec := cfg.SecretKeys.Reveal()
 	if spec == "" {
 		b, err := os.ReadFile(cfg.SecretKeyFile)
 		switch {
+		case errors.Is(err, os.ErrNotExist) && len(sealed) > 0:
+			return nil, fmt.Errorf("secret_key_file: %s does not exist, but the directory holds %d sealed POP3 password(s) (key ids %s) that only the lost key opens: restore the file from the backup made with the database, or set secret_keys",
+				cfg.SecretKeyFile, len(sealed), strings.Join(sealedKeyIDs(sealed), ", "))
 		case errors.Is(err, os.ErrNotExist):
-			var key [32]byte
-			if _, err := rand.Read(key[:]); err != nil {
-				return nil, err
-			}
-			spec = "k" + time.Now().UTC().Format("20060102") + ":" + base64.StdEncoding.EncodeToString(key[:])
-			if err := os.MkdirAll(filepath.Dir(cfg.SecretKeyFile), 0o700); err != nil {
-				return nil, fmt.Errorf("secret_key_file: %w", err)
-			}
-			if err := os.WriteFile(cfg.SecretKeyFile, []byte(spec+"\n"), 0o600); err != nil {
+			if spec, err = newKeyFile(cfg.SecretKeyFile); err != nil {
 				return nil, fmt.Errorf("secret_key_file: %w", err)
 			}
 			log.Warn("generated the key that encrypts POP3 passwords; back it up with the database", "secret_key_file", cfg.SecretKeyFile)
@@ -292,7 +299,98 @@ func secretBox(cfg Config, log *slog.Logger) (*directory.SecretBox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secret keys: %w", err)
 	}
-	return directory.NewSecretBox(keys)
+	box, err := directory.NewSecretBox(keys)
+	if err != nil {
+		return nil, err
+	}
+	reportRotation(box, sealed, log)
+	return box, nil
+}
+
+// newKeyFile writes a new random key to path (mode 0600) and returns it.
+// The file appears whole (internal/atomicfile writes it under a temporary
+// name) and only if path still does not exist: a key file another
+// process wrote meanwhile is never replaced.
+func newKeyFile(path string) (string, error) {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return "", err
+	}
+	spec := "k" + time.Now().UTC().Format("20060102") + ":" + base64.StdEncoding.EncodeToString(key[:])
+	clear(key[:])
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	tmp := path + ".new-" + uuid.NewString()
+	if err := atomicfile.WriteFile(tmp, []byte(spec+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	err := os.Link(tmp, path) // fails when path exists
+	_ = os.Remove(tmp)
+	if errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("%s appeared while a new key was being written; start again to use it", path)
+	}
+	if err != nil {
+		return "", err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	return spec, d.Sync()
+}
+
+// sealedKeyIDs lists the ids of the keys that sealed passwords, sorted.
+func sealedKeyIDs(sealed map[string]string) []string {
+	var ids []string
+	for _, s := range sealed {
+		id, err := directory.SealedKeyID(s)
+		if err != nil {
+			id = "(malformed)"
+		}
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// reportRotation logs the sealed POP3 passwords that box does not seal
+// with its current key: opened by an older key (keep it configured until
+// those passwords are set again), or by none (the accounts get no password
+// through /v1/sync until it is set again or its key configured).
+func reportRotation(box *directory.SecretBox, sealed map[string]string, log *slog.Logger) {
+	var old, lost []string
+	for id, s := range sealed {
+		if !box.NeedsRotation(s) {
+			continue
+		}
+		if _, err := box.Open(s); err != nil {
+			lost = append(lost, id)
+		} else {
+			old = append(old, id)
+		}
+	}
+	slices.Sort(old)
+	slices.Sort(lost)
+	if len(old) > 0 {
+		log.Info("POP3 passwords sealed with an older key: keep it in secret_keys until they are set again", "current_key_id", box.CurrentKeyID(), "pop3_account_ids", old)
+	}
+	if len(lost) > 0 {
+		log.Warn("POP3 passwords no configured key opens: /v1/sync sends these accounts without a password until it is set again or its key configured",
+			"pop3_account_ids", lost, "key_ids", sealedKeyIDs(pick(sealed, lost)))
+	}
+}
+
+func pick(m map[string]string, keys []string) map[string]string {
+	out := make(map[string]string, len(keys))
+	for _, k := range keys {
+		out[k] = m[k]
+	}
+	return out
 }
 
 // bootstrap makes sure an administrator can get in: the configured bootstrap

@@ -19,7 +19,9 @@ type SecretKey struct {
 
 // SecretBox encrypts POP3 passwords at rest with AES-256-GCM. The first
 // key seals; every key opens, so keys rotate by putting a new key first,
-// resealing what NeedsRotation reports, then dropping the old key.
+// resealing what NeedsRotation reports (the users service lists those
+// accounts when it starts; setting a password again reseals it), then
+// dropping the old key.
 //
 // A sealed value is
 //

@@ -10,6 +10,11 @@
 //     elsewhere (so the answer does not reveal it). Lists and exports
 //     without a site filter are limited to its site; naming another site
 //     is 403.
+//   - Every address a write gives a user is in a mail domain of some site
+//     (422 otherwise); a site_admin may only give addresses in its own
+//     site's domains and may not change group memberships, which are
+//     organisation-wide (403, or a bad line in an import). What a user
+//     already has stays. See userscope.go.
 //   - A token may always revoke itself (DELETE /v1/tokens/{its id}),
 //     whatever its role.
 //   - A /v1/sync cursor beyond the last change (a database restored from

@@ -160,8 +160,9 @@ func (h *Handlers) ImportUsers(ctx context.Context, req usersapi.ImportUsersRequ
 		return nil, &problemError{Status: http.StatusUnprocessableEntity, Type: typeValidation, Title: "Invalid CSV file",
 			Detail: countDetail(len(bad), "line is", "lines are", "invalid") + " Nothing was imported.", Errors: fields}
 	}
+	unchangedNames := strs(im.unchanged)
 	return usersapi.ImportUsers200JSONResponse{
-		DryRun: dryRun, Created: strs(im.created), Updated: strs(im.updated), Errors: fields,
+		DryRun: dryRun, Created: strs(im.created), Updated: strs(im.updated), Unchanged: &unchangedNames, Errors: fields,
 	}, nil
 }
 
@@ -231,11 +232,13 @@ type importer struct {
 	defaults directory.Template
 	template string
 
-	sites   map[string]*directory.Site // nil value: no such site
-	lines   []importLine
-	bad     map[int]bool // row index -> has a problem
-	created []string
-	updated []string
+	sites     map[string]*directory.Site // nil value: no such site
+	domains   domainIndex                // every site's domains (userscope.go)
+	lines     []importLine
+	bad       map[int]bool // row index -> has a problem
+	created   []string
+	updated   []string
+	unchanged []string // existing users whose line changes nothing: not written
 }
 
 func (im *importer) fail(i int, column, reason string) {
@@ -253,7 +256,7 @@ func (im *importer) failErr(i int, err error) bool {
 		case *directory.ValidationError:
 			ve.Errors = append(ve.Errors, x.Errors...)
 		case *store.ConflictError:
-			ve.Add(x.Field, conflictReason(x))
+			ve.Add(x.Field, conflictReason(x, hidesOwners(im.p)))
 		case *store.ReferenceError:
 			ve.Add(x.Field, referenceReason(x))
 		case *store.StaleError:
@@ -287,9 +290,13 @@ func (im *importer) site(ctx context.Context, tx store.Tx, name string) (*direct
 func (im *importer) run(ctx context.Context, tx store.Tx) error {
 	im.sites = map[string]*directory.Site{}
 	im.bad = map[int]bool{}
+	var err error
+	if im.domains, err = readDomains(ctx, tx); err != nil {
+		return err
+	}
 	var creates []*directory.User
 	var createRows []int
-	var updated []int
+	var updated, unchanged []int
 	for i := range im.rows {
 		row := &im.rows[i]
 		cur, err := tx.GetUserByUsername(ctx, row.Username)
@@ -306,12 +313,15 @@ func (im *importer) run(ctx context.Context, tx store.Tx) error {
 		case err != nil:
 			return err
 		default:
-			ok, err := im.update(ctx, tx, i, cur)
-			if err != nil {
+			changed, err := im.update(ctx, tx, i, cur)
+			switch {
+			case err != nil:
 				return err
-			}
-			if ok {
+			case im.bad[i]:
+			case changed:
 				updated = append(updated, i)
+			default:
+				unchanged = append(unchanged, i)
 			}
 		}
 	}
@@ -329,6 +339,9 @@ func (im *importer) run(ctx context.Context, tx store.Tx) error {
 	}
 	for _, i := range updated {
 		im.updated = append(im.updated, im.rows[i].Username)
+	}
+	for _, i := range unchanged {
+		im.unchanged = append(im.unchanged, im.rows[i].Username)
 	}
 	return nil
 }
@@ -388,12 +401,18 @@ func (im *importer) newUser(ctx context.Context, tx store.Tx, i int) (*directory
 		im.failErr(i, err)
 		return nil, false, nil
 	}
+	if err := checkReach(im.domains, im.p, &directory.User{Groups: im.defaults.Groups}, &u).all(); err != nil {
+		im.failErr(i, err)
+		return nil, false, nil
+	}
 	return &u, true, nil
 }
 
 // update applies row i to the existing user cur: what the row gives
-// replaces, what it leaves out stays.
-func (im *importer) update(ctx context.Context, tx store.Tx, i int, cur directory.User) (bool, error) {
+// replaces, what it leaves out (an absent column, an empty cell) stays. A
+// row that changes nothing writes nothing, as a PATCH that changes nothing
+// (changed false); a row with a problem is reported (im.bad).
+func (im *importer) update(ctx context.Context, tx store.Tx, i int, cur directory.User) (changed bool, err error) {
 	row := &im.rows[i]
 	if !im.p.CanWriteUser(cur.Site) {
 		im.fail(i, csvio.ColUsername, fmt.Sprintf("username %s belongs to a user outside your site %s", row.Username, im.p.Site))
@@ -401,7 +420,9 @@ func (im *importer) update(ctx context.Context, tx store.Tx, i int, cur director
 	}
 	u := cur
 	u.Aliases, u.Groups = slices.Clone(cur.Aliases), slices.Clone(cur.Groups)
-	u.DisplayName = row.Description
+	if strings.TrimSpace(row.Description) != "" {
+		u.DisplayName = row.Description
+	}
 	g := row.Given
 	if g.Email {
 		u.PrimaryAddress = row.Email
@@ -438,6 +459,16 @@ func (im *importer) update(ctx context.Context, tx store.Tx, i int, cur director
 		u.PasswordHash = im.hashes[i]
 	}
 	if err := u.Normalize(); err != nil {
+		im.failErr(i, err)
+		return false, nil
+	}
+	slices.Sort(u.Groups) // as the store keeps them
+	// A plain password always changes the hash (a new salt), also in a dry
+	// run, where it is not hashed.
+	if row.Password == "" && unchanged(cur, u) {
+		return false, nil
+	}
+	if err := checkReach(im.domains, im.p, &cur, &u).all(); err != nil {
 		im.failErr(i, err)
 		return false, nil
 	}

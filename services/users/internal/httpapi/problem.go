@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/postern/postern/api/usersapi"
+	"github.com/postern/postern/services/users/internal/auth"
 	"github.com/postern/postern/services/users/internal/directory"
 	"github.com/postern/postern/services/users/internal/store"
 )
@@ -177,7 +178,19 @@ func writeProblem(c echo.Context, p *problemError) {
 // problemFor maps any error to the problem the client gets. obj, when not
 // nil, is the directory object being written: it lets a store error name
 // the member precisely (aliases[2] rather than aliases).
-func problemFor(err error, obj any) *problemError {
+func problemFor(err error, obj any) *problemError { return problemOf(err, obj, false) }
+
+// problemForAs is problemFor for a request of p: a site_admin is not told
+// which object holds a value its write conflicts with (it may be another
+// site's user), only its kind.
+func problemForAs(p auth.Principal, err error, obj any) *problemError {
+	return problemOf(err, obj, hidesOwners(p))
+}
+
+// hidesOwners says whether conflicts are reported to p without their owner.
+func hidesOwners(p auth.Principal) bool { return p.Role == directory.RoleSiteAdmin }
+
+func problemOf(err error, obj any, hideOwners bool) *problemError {
 	if p, ok := errors.AsType[*problemError](err); ok {
 		return p
 	}
@@ -194,7 +207,7 @@ func problemFor(err error, obj any) *problemError {
 		return &problemError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Title: "Unavailable",
 			Detail: "The request was cancelled or took too long; try again.", cause: err}
 	}
-	if p := storeProblem(err, obj); p != nil {
+	if p := storeProblem(err, obj, hideOwners); p != nil {
 		return p
 	}
 	return internal(err)
@@ -272,7 +285,7 @@ func flattenErrors(err error) []error {
 // conflict is 409 (every problem listed), a reference to a missing object
 // or a group cycle 422, a refused delete 409 in-use, a stale version 412,
 // a missing object 404, a bad cursor 400. nil when err is none of these.
-func storeProblem(err error, obj any) *problemError {
+func storeProblem(err error, obj any, hideOwners bool) *problemError {
 	errs := flattenErrors(err)
 	if len(errs) == 0 {
 		return nil
@@ -286,8 +299,8 @@ func storeProblem(err error, obj any) *problemError {
 	for _, e := range errs {
 		if x, ok := errors.AsType[*store.ConflictError](e); ok {
 			conflicts++
-			fields = append(fields, usersapi.FieldError{Field: refineField(obj, x.Field, x.Value), Reason: conflictReason(x)})
-			details = append(details, conflictDetail(x))
+			fields = append(fields, usersapi.FieldError{Field: refineField(obj, x.Field, x.Value), Reason: conflictReason(x, hideOwners)})
+			details = append(details, conflictDetail(x, hideOwners))
 		} else if x, ok := errors.AsType[*store.ReferenceError](e); ok {
 			bad++
 			fields = append(fields, usersapi.FieldError{Field: refineField(obj, x.Field, x.Value), Reason: referenceReason(x)})
@@ -397,13 +410,22 @@ func fieldLabel(field string) string {
 	return field
 }
 
-func conflictReason(e *store.ConflictError) string {
-	return fmt.Sprintf("%s is already used by %s", e.Value, describe(e.OwnerKind, e.OwnerName, e.OwnerID))
+// conflictOwner names the holder of a conflicting value; hidden, only its
+// kind ("a user").
+func conflictOwner(e *store.ConflictError, hidden bool) string {
+	if hidden {
+		return "a " + describe(e.OwnerKind, "", "")
+	}
+	return describe(e.OwnerKind, e.OwnerName, e.OwnerID)
+}
+
+func conflictReason(e *store.ConflictError, hideOwner bool) string {
+	return fmt.Sprintf("%s is already used by %s", e.Value, conflictOwner(e, hideOwner))
 }
 
 // conflictDetail: "The address sales@example.org is already used by shared mailbox sales@example.org."
-func conflictDetail(e *store.ConflictError) string {
-	return fmt.Sprintf("The %s %s is already used by %s.", fieldLabel(e.Field), e.Value, describe(e.OwnerKind, e.OwnerName, e.OwnerID))
+func conflictDetail(e *store.ConflictError, hideOwner bool) string {
+	return fmt.Sprintf("The %s %s is already used by %s.", fieldLabel(e.Field), e.Value, conflictOwner(e, hideOwner))
 }
 
 func referenceReason(e *store.ReferenceError) string {

@@ -168,6 +168,11 @@ func (h *Handlers) DeleteSite(ctx context.Context, req usersapi.DeleteSiteReques
 		if err := tx.DeleteSite(ctx, cur.Name, cur.Version); err != nil {
 			return err
 		}
+		// As when UpdateSite drops a domain: mail for an address in a
+		// domain no other site receives could no longer be routed.
+		if err := domainsStillUsed(ctx, tx, cur.Name, cur.Domains); err != nil {
+			return err
+		}
 		return audit(ctx, tx, p, "site.delete", directory.KindSite, cur.ID, &cur, nil)
 	})
 	if err != nil {

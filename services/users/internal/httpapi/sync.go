@@ -68,7 +68,13 @@ func (h *Handlers) GetSync(ctx context.Context, req usersapi.GetSyncRequestObjec
 		}
 	}
 	wait := min(time.Duration(deref(req.Params.Wait))*time.Second, h.syncMaxWait)
-	view := syncfeed.View{Site: site, Open: h.box}
+	// A password that cannot be opened (its key is no longer configured)
+	// leaves that account without its password; the rest of the site's
+	// view still goes out. The value itself is never logged.
+	view := syncfeed.View{Site: site, Open: h.box, Unopened: func(accountID, keyID string, err error) {
+		h.log.WarnContext(ctx, "sync: a POP3 password cannot be decrypted; the account is sent without it (re-enter the password, or configure its key in users.secret_keys)",
+			"site", site, "pop3_account_id", accountID, "key_id", keyID, "error", err)
+	}}
 
 	resp, err := h.syncFrom(ctx, view, after)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/api/usersapi"
 	"github.com/postern/postern/services/users/internal/directory"
+	"github.com/postern/postern/services/users/internal/store"
 )
 
 func (s *testServer) create(path, body string) map[string]any {
@@ -165,5 +166,64 @@ func TestSyncFeed(t *testing.T) {
 	}
 	if r := s.do("GET", "/v1/sync?cursor=99999999999999999999", hqAgent, "", ""); r.status != 400 {
 		t.Errorf("overlong cursor: %d %s", r.status, r.body)
+	}
+}
+
+// A POP3 password sealed with a key the service no longer has does not
+// stop the site's sync: that account goes out without its password, the
+// others with theirs, and the log names the account and the key, never
+// the value.
+func TestSyncSkipsAPasswordItCannotOpen(t *testing.T) {
+	s := newTestServer(t)
+	s.create("/v1/sites", `{"name":"hq","domains":["hq.example.org"]}`)
+	alice := s.create("/v1/users", `{"username":"alice","site":"hq"}`)["id"].(string)
+	good := s.create("/v1/pop3-accounts", `{"name":"isp-good","host":"pop.isp.example.net","username":"good","password":"pop3-secret-good","site":"hq","mode":"single","target_user":"`+alice+`"}`)["id"].(string)
+	lost := s.create("/v1/pop3-accounts", `{"name":"isp-lost","host":"pop.isp.example.net","username":"lost","password":"pop3-secret-lost","site":"hq","mode":"single","target_user":"`+alice+`"}`)["id"].(string)
+	agent := s.mkToken(directory.RoleSiteAgent, "hq", nil)
+	before := cursorOf(t, s.sync(agent, 0, 0))
+
+	// The account's password, sealed with a key this server does not have.
+	var key [32]byte
+	key[0] = 1
+	other, err := directory.NewSecretBox([]directory.SecretKey{{ID: "k-gone", Key: key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := other.Seal("pop3-secret-lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.store.Update(t.Context(), func(tx store.Tx) error {
+		a, err := tx.GetPOP3Account(t.Context(), lost)
+		if err != nil {
+			return err
+		}
+		a.PasswordEnc = sealed
+		if err := tx.UpdatePOP3Account(t.Context(), &a, a.Version); err != nil {
+			return err
+		}
+		return tx.Audit(t.Context(), &directory.AuditEntry{Actor: "test", Action: "pop3_account.update"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, r := range []usersapi.SyncResponse{s.sync(agent, 0, 0), s.sync(agent, before, 0)} {
+		p, op := find(r, lost)
+		if op != "upsert" || p == nil || p["password"] != nil || p["password_enc"] != nil || p["name"] != "isp-lost" {
+			t.Errorf("snapshot %v: the account whose password cannot be opened: %s %v", r.Snapshot, op, p)
+		}
+		if r.Snapshot {
+			if p, _ := find(r, good); p == nil || p["password"] != "pop3-secret-good" {
+				t.Errorf("snapshot: the other account %v", p)
+			}
+		}
+	}
+	logs := s.logs.String()
+	if !strings.Contains(logs, "cannot be decrypted") || !strings.Contains(logs, lost) || !strings.Contains(logs, `"key_id":"k-gone"`) {
+		t.Errorf("no warning naming the account and the key:\n%s", logs)
+	}
+	if strings.Contains(logs, "pop3-secret") || strings.Contains(logs, sealed) {
+		t.Errorf("the log holds the password or its sealed form:\n%s", logs)
 	}
 }

@@ -166,13 +166,20 @@ func (h *Handlers) CreateUser(ctx context.Context, req usersapi.CreateUserReques
 		}
 	}
 	err = h.store.Update(ctx, func(tx store.Tx) error {
+		domains, err := readDomains(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := checkReach(domains, p, &directory.User{Groups: tmpl.Groups}, &u).err(p); err != nil {
+			return err
+		}
 		if err := tx.CreateUser(ctx, &u); err != nil {
 			return err
 		}
 		return audit(ctx, tx, p, "user.create", directory.KindUser, u.ID, nil, &u)
 	})
 	if err != nil {
-		return nil, problemFor(err, &u)
+		return nil, problemForAs(p, err, &u)
 	}
 	return usersapi.CreateUser201JSONResponse{Body: userOut(u), Headers: usersapi.CreateUser201ResponseHeaders{
 		ETag: etag(u.Version), Location: location("users", u.ID),
@@ -233,13 +240,20 @@ func (h *Handlers) UpdateUser(ctx context.Context, req usersapi.UpdateUserReques
 			u = cur
 			return errNoChange
 		}
+		domains, err := readDomains(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := checkReach(domains, p, &cur, &u).err(p); err != nil {
+			return err
+		}
 		if err := tx.UpdateUser(ctx, &u, cur.Version); err != nil {
 			return err
 		}
 		return audit(ctx, tx, p, "user.update", directory.KindUser, u.ID, &cur, &u)
 	})
 	if err != nil && err != errNoChange {
-		return nil, problemFor(err, &u)
+		return nil, problemForAs(p, err, &u)
 	}
 	return usersapi.UpdateUser200JSONResponse{UserJSONResponse: userResponse(u)}, nil
 }
@@ -308,7 +322,7 @@ func (h *Handlers) MoveUser(ctx context.Context, req usersapi.MoveUserRequestObj
 		return audit(ctx, tx, p, "user.move", directory.KindUser, u.ID, &cur, &u)
 	})
 	if err != nil && err != errNoChange {
-		return nil, problemFor(err, &u)
+		return nil, problemForAs(p, err, &u)
 	}
 	return usersapi.MoveUser200JSONResponse{UserJSONResponse: userResponse(u)}, nil
 }

@@ -342,6 +342,23 @@ func (s *sqlStore) Snapshot(ctx context.Context) (*Snapshot, error) {
 	return read1(ctx, s, func(r *reader) (*Snapshot, error) { return r.snapshot(ctx) })
 }
 
+// SealedPOP3Passwords implements Store.
+func (s *sqlStore) SealedPOP3Passwords(ctx context.Context) (map[string]string, error) {
+	return read1(ctx, s, func(r *reader) (map[string]string, error) {
+		accts, err := allData[directory.POP3Account](ctx, r, directory.KindPOP3Account, `SELECT data FROM pop3_accounts ORDER BY id`)
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]string{}
+		for _, a := range accts {
+			if a.PasswordEnc != "" {
+				out[a.ID] = a.PasswordEnc
+			}
+		}
+		return out, nil
+	})
+}
+
 // OutboxPosition implements Store.
 func (s *sqlStore) OutboxPosition(ctx context.Context, name string) (int64, error) {
 	var seq int64

@@ -251,6 +251,10 @@ type Store interface {
 	Compact(ctx context.Context, upTo int64, before time.Time) (int64, error)
 	// Snapshot reads the whole directory at one point of the change log.
 	Snapshot(ctx context.Context) (*Snapshot, error)
+	// SealedPOP3Passwords returns the stored (sealed) POP3 passwords by
+	// account id; accounts without a password are absent. The service
+	// reads it at start, to tell whether it has the keys they need.
+	SealedPOP3Passwords(ctx context.Context) (map[string]string, error)
 	// WaitForChange returns as soon as LastSeq is greater than after, with
 	// that LastSeq. It wakes on commits of this process at once, on other
 	// processes' commits through PostgreSQL LISTEN/NOTIFY, and polls every

@@ -40,6 +40,12 @@ type View struct {
 	// Open decrypts POP3 passwords for the site's own accounts; required
 	// when Site is set.
 	Open Opener
+	// Unopened, when set, is told of a POP3 password that Open cannot open
+	// (sealed with a key no longer configured, say), by the account's id
+	// and the id of the key that sealed it; the account is then projected
+	// without its password rather than failing the whole view. When nil,
+	// such a password is an error of Project.
+	Unopened func(accountID, keyID string, err error)
 }
 
 // POP3AccountView is a POP3 account in a site's own view: its password in
@@ -124,7 +130,12 @@ func (v View) project(kind string, raw json.RawMessage) (data json.RawMessage, k
 					return nil, nil, false, fmt.Errorf("no key to open the POP3 password")
 				}
 				if a.Password, err = v.Open.Open(sealed); err != nil {
-					return nil, nil, false, fmt.Errorf("opening the POP3 password: %w", err)
+					if v.Unopened == nil {
+						return nil, nil, false, fmt.Errorf("opening the POP3 password: %w", err)
+					}
+					keyID, _ := directory.SealedKeyID(sealed)
+					v.Unopened(a.ID, keyID, err)
+					a.Password = ""
 				}
 			}
 		}

@@ -107,3 +107,27 @@ func TestDeletesAndHiddenKinds(t *testing.T) {
 		t.Error("corrupt data accepted")
 	}
 }
+
+// With Unopened set, a password Open refuses leaves the account without
+// it, and Unopened hears of the account and of the key that sealed it.
+func TestUnopenedPasswordIsLeftOut(t *testing.T) {
+	a := directory.POP3Account{Meta: directory.Meta{ID: "acct-1"}, Name: "isp-old", Host: "pop.isp.example", Site: "hq",
+		PasswordEnc: "v1:k-old:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}
+	var gotID, gotKey string
+	v := View{Site: "hq", Open: fakeBox{}, Unopened: func(id, keyID string, err error) {
+		if err == nil {
+			t.Error("Unopened without the error")
+		}
+		gotID, gotKey = id, keyID
+	}}
+	out, ok, err := v.Project(change(t, directory.KindPOP3Account, a))
+	if err != nil || !ok || out.Op != events.OpUpsert {
+		t.Fatalf("projection: %+v %v %v", out, ok, err)
+	}
+	if strings.Contains(string(out.Data), "password") || !strings.Contains(string(out.Data), `"name":"isp-old"`) {
+		t.Errorf("the account without its password: %s", out.Data)
+	}
+	if gotID != "acct-1" || gotKey != "k-old" {
+		t.Errorf("Unopened heard of account %q, key %q; want acct-1, k-old", gotID, gotKey)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Users/CRUD", testUsers},
 		{"Groups/CRUD", testGroups},
 		{"POP3Accounts/CRUD", testPOP3Accounts},
+		{"POP3Accounts/SealedPasswords", testSealedPOP3Passwords},
 		{"SharedMailboxes/CRUD", testSharedMailboxes},
 		{"Templates/CRUD", testTemplates},
 		{"Tokens/CRUDAndTouch", testTokens},
@@ -414,6 +416,33 @@ func newPOP3(name, site, target string) *directory.POP3Account {
 		Username: name, Site: site, Mode: directory.ModeSingle, TargetUser: target,
 		Keep: directory.KeepPolicy{Policy: directory.KeepDays, Days: 7}, PollIntervalSeconds: 60, Enabled: true,
 		PasswordEnc: "v1:k1:c2VjcmV0",
+	}
+}
+
+// SealedPOP3Passwords lists the stored passwords by account, and only
+// those of accounts that have one.
+func testSealedPOP3Passwords(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	if got := must1[map[string]string](t)(s.SealedPOP3Passwords(ctx)); len(got) != 0 {
+		t.Fatalf("an empty directory has sealed passwords %v", got)
+	}
+	createSite(t, s, "ams")
+	john := createUser(t, s, newUser("john", "ams"))
+	with, without, other := newPOP3("isp-a", "ams", john.ID), newPOP3("isp-b", "ams", john.ID), newPOP3("isp-c", "ams", john.ID)
+	without.PasswordEnc = ""
+	other.PasswordEnc = "v1:k2:b3RoZXI="
+	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error {
+		return errors.Join(tx.CreatePOP3Account(ctx, with), tx.CreatePOP3Account(ctx, without), tx.CreatePOP3Account(ctx, other))
+	})
+	got := must1[map[string]string](t)(s.SealedPOP3Passwords(ctx))
+	if want := map[string]string{with.ID: "v1:k1:c2VjcmV0", other.ID: "v1:k2:b3RoZXI="}; !maps.Equal(got, want) {
+		t.Fatalf("sealed passwords %v, want %v", got, want)
+	}
+	mustWrite(t, s, func(ctx context.Context, tx store.Tx) error {
+		return tx.DeletePOP3Account(ctx, other.ID, other.Version)
+	})
+	if got := must1[map[string]string](t)(s.SealedPOP3Passwords(ctx)); len(got) != 1 || got[with.ID] == "" {
+		t.Fatalf("after a delete: sealed passwords %v", got)
 	}
 }
 
