@@ -611,3 +611,55 @@ func TestArgumentOrder(t *testing.T) {
 		t.Errorf("--: exit %d %q", r.code, r.stderr)
 	}
 }
+
+// The users a file leaves as they are are counted apart.
+func TestImportCountsUnchanged(t *testing.T) {
+	f, c := newCLI(t)
+	file := filepath.Join(t.TempDir(), "people.csv")
+	if err := os.WriteFile(file, []byte("username,description,password_hash\njohn,,\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.importResult = &usersapi.ImportResult{Created: []string{}, Updated: []string{"zhangsan"}, Unchanged: &[]string{"john", "lisi"}, Errors: []usersapi.FieldError{}}
+	if r := c.ok("import", file); r.stdout != "created 0 users, updated 1 user, 2 users unchanged\n" {
+		t.Errorf("import: %q", r.stdout)
+	}
+	f.importResult.DryRun = true
+	if r := c.ok("import", "--dry-run", file); r.stdout != "dry run, nothing written: would create 0 users and update 1 user, 2 users unchanged\n" {
+		t.Errorf("dry run: %q", r.stdout)
+	}
+}
+
+// The help of import, export and users add says what the server does.
+func TestHelpTextsMatchTheServer(t *testing.T) {
+	_, c := newCLI(t)
+	for _, tt := range []struct {
+		args      []string
+		want, not []string
+	}{
+		{[]string{"import", "-h"},
+			[]string{"and so is one of password (in clear) or password_hash on every line", "an empty hash stands for a user without a password", "counted as unchanged"},
+			[]string{"password or password_hash, email, aliases (;-separated), site, groups (;-separated), internet_receive, internet_send, enabled and quota_bytes are optional"}},
+		{[]string{"export", "-h"},
+			[]string{"for an admin token, and for a site_admin token (which exports its own site's users only), it holds the password hashes"},
+			[]string{"for an admin token it holds"}},
+		{[]string{"users", "add", "-h"},
+			[]string{"else a site_admin token's own site, else the only site of a one-site directory", "with a site_admin token, of its own site"},
+			[]string{"required unless the template gives one"}},
+	} {
+		r := c.run("", tt.args...)
+		help := strings.Join(strings.Fields(r.stderr), " ")
+		if r.code != 0 {
+			t.Errorf("%v: exit %d", tt.args, r.code)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(help, w) {
+				t.Errorf("%v: %q not in\n%s", tt.args, w, r.stderr)
+			}
+		}
+		for _, n := range tt.not {
+			if strings.Contains(help, n) {
+				t.Errorf("%v: still says %q", tt.args, n)
+			}
+		}
+	}
+}

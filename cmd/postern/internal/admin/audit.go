@@ -3,7 +3,6 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
 	"time"
 
 	"github.com/postern/postern/api/usersclient"
@@ -58,15 +57,7 @@ an RFC 3339 time, a date, or a duration back from now (24h, 7d).`)
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.AuditEntry], error) {
 		params.Cursor, params.Limit = cursor, limit
-		r, err := c.ListAuditEntriesWithResponse(s.ctx, &params)
-		if err != nil {
-			return page[usersclient.AuditEntry]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.AuditEntry]{}, err
-		}
-		return page[usersclient.AuditEntry]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.AuditEntry](c.ListAuditEntries(s.ctx, &params))
 	})
 	if err != nil {
 		return err

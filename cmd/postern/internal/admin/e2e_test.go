@@ -163,6 +163,12 @@ func TestAgainstTheUsersService(t *testing.T) {
 	if err := os.WriteFile(good, []byte(r.stdout), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The export as it is changes nothing; after an edit of each user it
+	// would put both back.
+	r = c.ok("import", good, "--dry-run")
+	mustContain(t, "import --dry-run of an unchanged export", r.stdout, "dry run, nothing written: would create 0 users and update 0 users, 2 users unchanged\n")
+	c.ok("users", "edit", "zhangsan", "--name", "Zhang S.")
+	c.ok("users", "edit", "lisi", "--quota", "2G")
 	r = c.ok("import", good, "--dry-run")
 	mustContain(t, "import --dry-run", r.stdout, "dry run, nothing written: would create 0 users and update 2 users")
 

@@ -17,15 +17,7 @@ func groupsList(s *session, args []string) error {
 		return err
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.Group], error) {
-		r, err := c.ListGroupsWithResponse(s.ctx, &usersclient.ListGroupsParams{Cursor: cursor, Limit: limit})
-		if err != nil {
-			return page[usersclient.Group]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Group]{}, err
-		}
-		return page[usersclient.Group]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.Group](c.ListGroups(s.ctx, &usersclient.ListGroupsParams{Cursor: cursor, Limit: limit}))
 	})
 	if err != nil {
 		return err

@@ -27,15 +27,7 @@ func pop3List(s *session, args []string) error {
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.POP3Account], error) {
 		params.Cursor, params.Limit = cursor, limit
-		r, err := c.ListPOP3AccountsWithResponse(s.ctx, &params)
-		if err != nil {
-			return page[usersclient.POP3Account]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.POP3Account]{}, err
-		}
-		return page[usersclient.POP3Account]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.POP3Account](c.ListPOP3Accounts(s.ctx, &params))
 	})
 	if err != nil {
 		return err

@@ -24,27 +24,23 @@ func (s *session) userID(ref string) (string, error) {
 	want := strings.ToLower(strings.TrimSpace(ref))
 	var cursor *string
 	for {
-		r, err := c.ListUsersWithResponse(s.ctx, &usersclient.ListUsersParams{Q: &want, Limit: ptr(1000), Cursor: cursor})
+		p, err := pageFrom[usersclient.User](c.ListUsers(s.ctx, &usersclient.ListUsersParams{Q: &want, Limit: ptr(1000), Cursor: cursor}))
+		if isClientError(err) {
+			return ref, nil // such as a ref longer than q allows: not a username
+		}
 		if err != nil {
 			return "", err
 		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			if isClientError(err) {
-				return ref, nil // such as a ref longer than q allows: not a username
-			}
-			return "", err
-		}
-		for _, u := range l.Items {
+		for _, u := range p.items {
 			if u.Username == want {
 				s.rememberUser(u.ID, u.Username)
 				return u.ID, nil
 			}
 		}
-		if l.NextCursor == "" {
+		if p.next == "" {
 			return ref, nil
 		}
-		cursor = ptr(l.NextCursor)
+		cursor = ptr(p.next)
 	}
 }
 
@@ -105,18 +101,11 @@ func (s *session) groupID(ref string) (string, error) {
 		return "", err
 	}
 	return byName(s, "group", ref, func(cursor *string) (page[usersclient.Group], error) {
-		r, err := c.ListGroupsWithResponse(s.ctx, &usersclient.ListGroupsParams{Cursor: cursor, Limit: ptr(1000)})
-		if err != nil {
-			return page[usersclient.Group]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Group]{}, err
-		}
-		for _, g := range l.Items {
+		p, err := pageFrom[usersclient.Group](c.ListGroups(s.ctx, &usersclient.ListGroupsParams{Cursor: cursor, Limit: ptr(1000)}))
+		for _, g := range p.items {
 			s.rememberGroup(g.ID, g.Name)
 		}
-		return page[usersclient.Group]{items: l.Items, next: l.NextCursor}, nil
+		return p, err
 	}, func(g usersclient.Group) (string, string) { return g.ID, g.Name })
 }
 
@@ -126,15 +115,7 @@ func (s *session) pop3ID(ref string) (string, error) {
 		return "", err
 	}
 	return byName(s, "POP3 account", ref, func(cursor *string) (page[usersclient.POP3Account], error) {
-		r, err := c.ListPOP3AccountsWithResponse(s.ctx, &usersclient.ListPOP3AccountsParams{Cursor: cursor, Limit: ptr(1000)})
-		if err != nil {
-			return page[usersclient.POP3Account]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.POP3Account]{}, err
-		}
-		return page[usersclient.POP3Account]{items: l.Items, next: l.NextCursor}, nil
+		return pageFrom[usersclient.POP3Account](c.ListPOP3Accounts(s.ctx, &usersclient.ListPOP3AccountsParams{Cursor: cursor, Limit: ptr(1000)}))
 	}, func(a usersclient.POP3Account) (string, string) { return a.ID, a.Name })
 }
 
@@ -144,15 +125,7 @@ func (s *session) sharedID(ref string) (string, error) {
 		return "", err
 	}
 	return byName(s, "shared mailbox", ref, func(cursor *string) (page[usersclient.SharedMailbox], error) {
-		r, err := c.ListSharedMailboxesWithResponse(s.ctx, &usersclient.ListSharedMailboxesParams{Cursor: cursor, Limit: ptr(1000)})
-		if err != nil {
-			return page[usersclient.SharedMailbox]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.SharedMailbox]{}, err
-		}
-		return page[usersclient.SharedMailbox]{items: l.Items, next: l.NextCursor}, nil
+		return pageFrom[usersclient.SharedMailbox](c.ListSharedMailboxes(s.ctx, &usersclient.ListSharedMailboxesParams{Cursor: cursor, Limit: ptr(1000)}))
 	}, func(m usersclient.SharedMailbox) (string, string) { return m.ID, m.Address })
 }
 
@@ -162,15 +135,7 @@ func (s *session) templateID(ref string) (string, error) {
 		return "", err
 	}
 	return byName(s, "template", ref, func(cursor *string) (page[usersclient.Template], error) {
-		r, err := c.ListTemplatesWithResponse(s.ctx, &usersclient.ListTemplatesParams{Cursor: cursor, Limit: ptr(1000)})
-		if err != nil {
-			return page[usersclient.Template]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Template]{}, err
-		}
-		return page[usersclient.Template]{items: l.Items, next: l.NextCursor}, nil
+		return pageFrom[usersclient.Template](c.ListTemplates(s.ctx, &usersclient.ListTemplatesParams{Cursor: cursor, Limit: ptr(1000)}))
 	}, func(t usersclient.Template) (string, string) { return t.ID, t.Name })
 }
 
@@ -180,15 +145,7 @@ func (s *session) tokenID(ref string) (string, error) {
 		return "", err
 	}
 	return byName(s, "token", ref, func(cursor *string) (page[usersclient.Token], error) {
-		r, err := c.ListTokensWithResponse(s.ctx, &usersclient.ListTokensParams{Cursor: cursor, Limit: ptr(1000)})
-		if err != nil {
-			return page[usersclient.Token]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Token]{}, err
-		}
-		return page[usersclient.Token]{items: l.Items, next: l.NextCursor}, nil
+		return pageFrom[usersclient.Token](c.ListTokens(s.ctx, &usersclient.ListTokensParams{Cursor: cursor, Limit: ptr(1000)}))
 	}, func(t usersclient.Token) (string, string) { return t.ID, t.Name })
 }
 

@@ -18,15 +18,7 @@ func sharedList(s *session, args []string) error {
 		return err
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.SharedMailbox], error) {
-		r, err := c.ListSharedMailboxesWithResponse(s.ctx, &usersclient.ListSharedMailboxesParams{Cursor: cursor, Limit: limit})
-		if err != nil {
-			return page[usersclient.SharedMailbox]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.SharedMailbox]{}, err
-		}
-		return page[usersclient.SharedMailbox]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.SharedMailbox](c.ListSharedMailboxes(s.ctx, &usersclient.ListSharedMailboxesParams{Cursor: cursor, Limit: limit}))
 	})
 	if err != nil {
 		return err

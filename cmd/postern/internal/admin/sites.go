@@ -17,15 +17,7 @@ func sitesList(s *session, args []string) error {
 		return err
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.Site], error) {
-		r, err := c.ListSitesWithResponse(s.ctx, &usersclient.ListSitesParams{Cursor: cursor, Limit: limit})
-		if err != nil {
-			return page[usersclient.Site]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Site]{}, err
-		}
-		return page[usersclient.Site]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.Site](c.ListSites(s.ctx, &usersclient.ListSitesParams{Cursor: cursor, Limit: limit}))
 	})
 	if err != nil {
 		return err

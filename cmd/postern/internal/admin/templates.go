@@ -18,15 +18,7 @@ func templatesList(s *session, args []string) error {
 		return err
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.Template], error) {
-		r, err := c.ListTemplatesWithResponse(s.ctx, &usersclient.ListTemplatesParams{Cursor: cursor, Limit: limit})
-		if err != nil {
-			return page[usersclient.Template]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Template]{}, err
-		}
-		return page[usersclient.Template]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.Template](c.ListTemplates(s.ctx, &usersclient.ListTemplatesParams{Cursor: cursor, Limit: limit}))
 	})
 	if err != nil {
 		return err

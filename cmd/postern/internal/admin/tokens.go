@@ -36,15 +36,7 @@ func tokensList(s *session, args []string) error {
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.Token], error) {
 		params.Cursor, params.Limit = cursor, limit
-		r, err := c.ListTokensWithResponse(s.ctx, &params)
-		if err != nil {
-			return page[usersclient.Token]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.Token]{}, err
-		}
-		return page[usersclient.Token]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.Token](c.ListTokens(s.ctx, &params))
 	})
 	if err != nil {
 		return err

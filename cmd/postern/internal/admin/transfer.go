@@ -20,10 +20,16 @@ import (
 
 func importUsers(s *session, args []string) error {
 	fs := s.flags("FILE.csv [flags]", `Import users from a CSV file ("-" for standard input). The header names
-the columns, in any order: username and description are required; password
-or password_hash, email, aliases (;-separated), site, groups (;-separated),
-internet_receive, internet_send, enabled and quota_bytes are optional. A
-user whose username exists is updated, any other is created.
+the columns, in any order: username and description are required, and so
+is one of password (in clear) or password_hash on every line, except that
+in a file shaped like an export (a password_hash column, no password
+column) an empty hash stands for a user without a password. email, aliases
+(;-separated), site, groups (;-separated), internet_receive, internet_send,
+enabled and quota_bytes are optional. A user whose username exists is
+updated with what its line gives (an empty cell keeps the current value; a
+line that changes nothing writes nothing and is counted as unchanged), any
+other is created. Addresses must be in a mail domain of a site; with a
+site_admin token, of its own site, and the groups may not change.
 
 The import is all or nothing: with any bad line nothing is written, and
 every bad line is listed as FILE:LINE: column NAME: reason (exit status 1).
@@ -116,10 +122,16 @@ every bad line is listed as FILE:LINE: column NAME: reason (exit status 1).
 		if err := s.printJSON(res); err != nil {
 			return err
 		}
-	} else if res.DryRun {
-		fmt.Fprintf(s.env.Stdout, "dry run, nothing written: would create %s and update %s\n", countUsers(len(res.Created)), countUsers(len(res.Updated)))
 	} else {
-		fmt.Fprintf(s.env.Stdout, "created %s, updated %s\n", countUsers(len(res.Created)), countUsers(len(res.Updated)))
+		same := ""
+		if res.Unchanged != nil && len(*res.Unchanged) > 0 {
+			same = fmt.Sprintf(", %s unchanged", countUsers(len(*res.Unchanged)))
+		}
+		if res.DryRun {
+			fmt.Fprintf(s.env.Stdout, "dry run, nothing written: would create %s and update %s%s\n", countUsers(len(res.Created)), countUsers(len(res.Updated)), same)
+		} else {
+			fmt.Fprintf(s.env.Stdout, "created %s, updated %s%s\n", countUsers(len(res.Created)), countUsers(len(res.Updated)), same)
+		}
 	}
 	for _, fe := range res.Errors {
 		s.errorf("%s\n", csvErrorLine(label, fe))
@@ -156,8 +168,9 @@ func csvErrorLine(file string, fe usersclient.FieldError) string {
 func exportUsers(s *session, args []string) error {
 	fs := s.flags("[flags]", `Export the users, ordered by username, as CSV (the columns of import) or
 JSON. Importing an export gives the same users back, with the same passwords:
-for an admin token it holds the password hashes, so -o creates the file
-readable by its owner only.`)
+for an admin token, and for a site_admin token (which exports its own site's
+users only), it holds the password hashes, so -o creates the file readable
+by its owner only.`)
 	format := fs.String("format", "", "csv or json (default csv; json with --json)")
 	site := fs.String("site", "", "only the users whose home site is `site`")
 	out := fs.String("o", "", "write to `file` instead of standard output")

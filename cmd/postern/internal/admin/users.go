@@ -37,15 +37,7 @@ func usersList(s *session, args []string) error {
 	}
 	p, err := collect(lo, func(cursor *string, limit *int) (page[usersclient.User], error) {
 		params.Cursor, params.Limit = cursor, limit
-		r, err := c.ListUsersWithResponse(s.ctx, &params)
-		if err != nil {
-			return page[usersclient.User]{}, err
-		}
-		l, err := answer(r.HTTPResponse, r.Body, http.StatusOK, r.JSON200)
-		if err != nil {
-			return page[usersclient.User]{}, err
-		}
-		return page[usersclient.User]{items: l.Items, next: l.NextCursor, total: l.Total}, nil
+		return pageFrom[usersclient.User](c.ListUsers(s.ctx, &params))
 	})
 	if err != nil {
 		return err
@@ -142,10 +134,12 @@ func (f *userFields) permissions() *usersclient.PermissionsPatch {
 func usersAdd(s *session, args []string) error {
 	fs := s.flags("USERNAME [flags]", `Create a user. What is not given comes from --template, else from the
 server's defaults (the address defaults to USERNAME@<the site's first domain>).
+Addresses must be in a mail domain of a site; with a site_admin token, of
+its own site, and --group is refused (groups are the admins').
 The password is read from standard input with --password-stdin, else asked
 for on the terminal; --no-password creates a user who cannot log in yet.`)
 	f := addUserFlags(fs)
-	site := fs.String("site", "", "the home `site` (required unless the template gives one)")
+	site := fs.String("site", "", "the home `site` (default: the template's, else a site_admin token's own site, else the only site of a one-site directory)")
 	template := fs.String("template", "", "the `template` giving the defaults")
 	pwStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input")
 	noPw := fs.Bool("no-password", false, "set no password")
