@@ -19,6 +19,7 @@ import (
 	"unicode"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/cmd/postern/internal/admin"
 	"github.com/postern/postern/services/router/trace"
 )
 
@@ -34,7 +35,9 @@ endpoint (GET /v1/trace) of the router's side server of the site at --site
 mail that crossed to another site is followed there with that site's URL.
 The Message-ID may be given with or without its angle brackets. With
 --inbound-id the argument is an inbound id (as in the logs and in the
-trace) instead.
+trace) instead. A site whose router.trace.token is set answers only with
+it: set $POSTERN_TRACE_TOKEN (or give --token, which other users of the
+machine can read in the process list).
 
 Exit status: 0 found, 1 unknown at the site or the site unreachable, 2 the
 command line is wrong.`
@@ -48,6 +51,12 @@ func traceCommand(ctx context.Context, args []string, getenv func(string) string
 		site = defaultTraceSite
 	}
 	fs.StringVar(&site, "site", site, "`URL` of the site's router side server ($POSTERN_SITE_URL)")
+	// The default is not shown, so that -h never prints the token.
+	token := getenv("POSTERN_TRACE_TOKEN")
+	fs.Func("token", "the site's router.trace.token ($POSTERN_TRACE_TOKEN; the variable keeps it out of the process list)", func(v string) error {
+		token = v
+		return nil
+	})
 	byInbound := fs.Bool("inbound-id", false, "the argument is an inbound id, not a Message-ID")
 	asJSON := fs.Bool("json", false, "print the endpoint's JSON document instead of the timeline")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this `duration`")
@@ -55,24 +64,13 @@ func traceCommand(ctx context.Context, args []string, getenv func(string) string
 		fmt.Fprintf(stderr, "usage: postern trace [flags] <Message-ID>\n\n%s\n\nflags:\n", traceHelp)
 		fs.PrintDefaults()
 	}
-	// Flags and the argument in any order.
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
+	// Flags and the argument in any order, as in every command.
+	pos, err := admin.ParseArgs(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := args[:len(args)-len(rest)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
+		return 2 // the flag package printed the error and the usage
 	}
 	if len(pos) != 1 {
 		fs.Usage()
@@ -84,7 +82,12 @@ func traceCommand(ctx context.Context, args []string, getenv func(string) string
 		fmt.Fprintf(stderr, "postern: --site: %v\n", err)
 		return 2
 	}
-	var q trace.Query
+	token = strings.TrimSpace(token)
+	if strings.IndexFunc(token, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		fmt.Fprintln(stderr, "postern: the trace token holds spaces or control characters")
+		return 2
+	}
+	q := trace.Query{Token: token}
 	if *byInbound {
 		if _, err := trace.InboundKey(pos[0]); err != nil {
 			fmt.Fprintf(stderr, "postern: %q is not an inbound id\n", clean(pos[0]))
@@ -113,8 +116,11 @@ func traceCommand(ctx context.Context, args []string, getenv func(string) string
 		switch {
 		case errors.As(err, &p):
 			fmt.Fprintf(stderr, "postern: %s\n", clean(p.Error()))
-			if p.Status == http.StatusBadRequest {
+			switch p.Status {
+			case http.StatusBadRequest:
 				return 2
+			case http.StatusUnauthorized:
+				fmt.Fprintln(stderr, "  (set $POSTERN_TRACE_TOKEN, or give --token, to the site's router.trace.token)")
 			}
 		case errors.Is(err, trace.ErrUnreachable):
 			fmt.Fprintf(stderr, "postern: %v\n  (is the site's router running? --site names its side server, router.http.listen; now %s)\n", err, base)
@@ -259,14 +265,7 @@ func eventDetail(e trace.Event) string {
 	return strings.Join(parts, "; ")
 }
 
-// clean replaces control characters: a reason comes from a remote server
-// and an address from a message, and neither may move the cursor or forge
-// lines on the operator's terminal.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return '\uFFFD'
-		}
-		return r
-	}, s)
-}
+// clean replaces control characters (admin.Sanitize): a reason comes from
+// a remote server and an address from a message, and neither may move the
+// cursor or forge lines on the operator's terminal.
+func clean(s string) string { return admin.Sanitize(s, false) }

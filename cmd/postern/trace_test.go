@@ -11,10 +11,12 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/sitestate"
 	"github.com/postern/postern/services/router/trace"
 )
@@ -22,6 +24,12 @@ import (
 // traceSite is a site's trace endpoint as the router mounts it, over a real
 // SQLite trace index filled by the router's indexer.
 func traceSite(t *testing.T, statuses ...events.Status) *httptest.Server {
+	t.Helper()
+	return traceSiteWithToken(t, "", statuses...)
+}
+
+// traceSiteWithToken is traceSite with router.trace.token set to token.
+func traceSiteWithToken(t *testing.T, token string, statuses ...events.Status) *httptest.Server {
 	t.Helper()
 	s, err := sitestate.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "site.db"))
 	if err != nil {
@@ -39,7 +47,7 @@ func traceSite(t *testing.T, statuses ...events.Status) *httptest.Server {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+trace.Path, &trace.Handler{Site: "hq", Index: s.TraceIndex(), Enabled: true, Log: log})
+	mux.Handle("GET "+trace.Path, &trace.Handler{Site: "hq", Index: s.TraceIndex(), Token: config.Secret(token), Log: log})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -179,5 +187,73 @@ func TestTraceDefaultSite(t *testing.T) {
 	var out, errs bytes.Buffer
 	if code := run(context.Background(), []string{"help"}, &out, &errs); code != 0 || !strings.Contains(out.String(), "trace <Message-ID>") {
 		t.Errorf("usage does not list trace:\n%s", out.String())
+	}
+}
+
+// TestTraceCommandToken: postern trace sends the site's trace token from
+// $POSTERN_TRACE_TOKEN or --token as a bearer token, says what to do when
+// the site refuses, and never prints the token.
+func TestTraceCommandToken(t *testing.T) {
+	const token = "s3cret-trace-token-0123456789"
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	site := traceSiteWithToken(t, token, events.Status{InboundID: "in-a", DeliveryID: "in-a:outbound", Site: "hq", Stage: "relay", At: t0,
+		MessageID: "<A1@customer.net>", Recipient: "bob@outside.example", Destination: events.DestOutbound, Outcome: events.OutcomeDelivered,
+		Source: events.Source{Kind: events.SourceSMTP, SMTPSession: "s1"}, Attempt: 1})
+	// What reaches the side server.
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	sent := func() []string { mu.Lock(); defer mu.Unlock(); g := got; got = nil; return g }
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get("Authorization"))
+		mu.Unlock()
+		r2, _ := http.NewRequestWithContext(r.Context(), r.Method, site.URL+r.URL.RequestURI(), nil)
+		r2.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(r2)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	defer srv.Close()
+
+	// From the environment.
+	code, out, errs := runTrace(t, map[string]string{"POSTERN_SITE_URL": srv.URL, "POSTERN_TRACE_TOKEN": token}, "A1@customer.net")
+	if code != 0 || !strings.Contains(out, "bob@outside.example (outbound, through the smarthost): delivered") {
+		t.Errorf("with $POSTERN_TRACE_TOKEN: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if got := sent(); len(got) != 1 || got[0] != "Bearer "+token {
+		t.Errorf("Authorization sent: %q, want the bearer token", got)
+	}
+	// From --token, which wins over the environment.
+	code, out, errs = runTrace(t, map[string]string{"POSTERN_TRACE_TOKEN": "stale-token-0123456789"}, "--site", srv.URL, "--token", token, "A1@customer.net")
+	if got := sent(); code != 0 || len(got) != 1 || got[0] != "Bearer "+token {
+		t.Errorf("with --token: exit %d, sent %q\nstdout: %s\nstderr: %s", code, got, out, errs)
+	}
+	// No token: no Authorization header, and the site's refusal.
+	code, out, errs = runTrace(t, nil, "--site", srv.URL, "A1@customer.net")
+	if got := sent(); code != 1 || out != "" || len(got) != 1 || got[0] != "" || !strings.Contains(errs, "router.trace.token") || !strings.Contains(errs, "POSTERN_TRACE_TOKEN") {
+		t.Errorf("without a token: exit %d, sent %q\nstdout: %s\nstderr: %s", code, got, out, errs)
+	}
+	// A wrong one: refused, and not printed.
+	code, out, errs = runTrace(t, map[string]string{"POSTERN_TRACE_TOKEN": "wrong-token-0123456789"}, "--site", srv.URL, "A1@customer.net")
+	if code != 1 || out != "" || !strings.Contains(errs, "router.trace.token") || strings.Contains(errs, "wrong-token") {
+		t.Errorf("with a wrong token: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	// A token that cannot be a header value is a wrong command line.
+	if code, _, errs := runTrace(t, nil, "--site", srv.URL, "--token", "a b", "A1@customer.net"); code != 2 || !strings.Contains(errs, "token") {
+		t.Errorf("--token with a space: exit %d\n%s", code, errs)
+	}
+	// -h does not show the token from the environment.
+	if code, out, errs := runTrace(t, map[string]string{"POSTERN_TRACE_TOKEN": token}, "-h"); code != 0 || strings.Contains(out+errs, token) || !strings.Contains(errs, "POSTERN_TRACE_TOKEN") {
+		t.Errorf("-h: exit %d, shows the token or not the variable:\n%s%s", code, out, errs)
 	}
 }

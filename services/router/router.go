@@ -13,7 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -102,7 +102,28 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("consumer_group", "%q contains white space", c.ConsumerGroup))
 	}
 	errs = append(errs, config.Prefix("trace", c.Trace.Validate()))
+	if c.Trace.Enabled && !c.Trace.Token.IsSet() && !loopbackListen(c.HTTP.Listen) {
+		errs = append(errs, config.Errorf("trace.token", "must be set while router.trace.enabled is true and router.http.listen (%q) is not a loopback address: "+
+			"GET /v1/trace answers addresses, user ids and client addresses to whoever reaches the side server. "+
+			"Set a random token (head -c32 /dev/urandom | base64), listen on 127.0.0.1, or set router.trace.enabled: false", c.HTTP.Listen))
+	}
 	return config.Join(errs...)
+}
+
+// loopbackListen reports whether listen (host:port) accepts connections
+// only from this machine: a loopback IP or localhost. An empty host is
+// every interface; an unparsable address is reported by http.listen's own
+// check.
+func loopbackListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return true
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Needs is what the router needs from the shared runtime.
@@ -168,12 +189,13 @@ func New(cfg Config, rt *app.Runtime) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, rt: rt, log: log, group: group, pipe: pipe,
 		traceGroup: cfg.Trace.ConsumerGroup,
-		traceHTTP:  &trace.Handler{Site: rt.Common.Site, Index: rt.State.TraceIndex(), Enabled: cfg.Trace.Enabled, Log: log},
+		traceHTTP:  &trace.Handler{Site: rt.Common.Site, Token: cfg.Trace.Token, Log: log},
 	}
 	if s.traceGroup == "" {
 		s.traceGroup = "postern-" + rt.Common.Site + "-router-trace"
 	}
 	if cfg.Trace.Enabled {
+		s.traceHTTP.Index = rt.State.TraceIndex()
 		if s.indexer, err = trace.NewIndexer(cfg.Trace, rt.State.TraceIndex(), rt.Telemetry.MeterProvider(), log); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
@@ -189,9 +211,6 @@ func (s *Service) Name() string { return "router" }
 func (s *Service) Unit() app.Unit {
 	return app.Unit{Service: s, HTTP: s.cfg.HTTP, Routes: []opshttp.Route{{Pattern: "GET " + trace.Path, Handler: s.traceHTTP}}}
 }
-
-// TraceHandler is the handler of GET /v1/trace (mounted by Unit).
-func (s *Service) TraceHandler() http.Handler { return s.traceHTTP }
 
 // Checks are the router's readiness checks: the broker and the site state.
 func (s *Service) Checks() []opshttp.Check {

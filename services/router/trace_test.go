@@ -8,12 +8,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/api/events"
+	"github.com/postern/postern/internal/app"
+	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/msgbus"
 	"github.com/postern/postern/internal/opshttp"
 	"github.com/postern/postern/internal/replica"
@@ -249,11 +253,115 @@ func TestMessageTraceOff(t *testing.T) {
 	if svc.indexer != nil {
 		t.Error("an indexer with tracing off")
 	}
-	srv := httptest.NewServer(svc.TraceHandler())
+	srv := httptest.NewServer(svc.traceHTTP)
 	defer srv.Close()
 	code, body := get(t, srv.URL+"?message_id=a@b")
 	if code != http.StatusNotFound || !strings.Contains(body, "router.trace.enabled") {
 		t.Errorf("lookup with tracing off = %d %s", code, body)
+	}
+}
+
+// TestMessageTraceToken: with router.trace.token the side server answers
+// the trace only to a request that carries it, while /healthz (for the
+// container's and Prometheus's checks) stays open.
+func TestMessageTraceToken(t *testing.T) {
+	rt := startRuntime(t)
+	cfg := DefaultConfig()
+	cfg.ReportingMTA = "mx.example.com"
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.Trace.Token = "s3cret-trace-token-0123456789"
+	svc, err := New(cfg, rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := svc.Unit()
+	srv := opshttp.New(u.HTTP, opshttp.Options{Service: "router", Routes: u.Routes, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	base := "http://" + srv.Addr()
+	ask := func(token string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, base+trace.Path+"?message_id=a@b", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := ask(""); code != http.StatusUnauthorized {
+		t.Errorf("without the token: %d %s, want 401", code, body)
+	}
+	if code, body := ask("not-the-token-0123456789"); code != http.StatusUnauthorized {
+		t.Errorf("with a wrong token: %d %s, want 401", code, body)
+	}
+	if code, body := ask(cfg.Trace.Token.Reveal()); code != http.StatusNotFound || !strings.Contains(body, "no status record") {
+		t.Errorf("with the token: %d %s, want the lookup's 404", code, body)
+	}
+	if code, body := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with a trace token: %d %s, want 200 without one", code, body)
+	}
+}
+
+// TestTraceTokenRequiredBeyondLoopback: a side server that listens beyond
+// the loopback interface with tracing on needs router.trace.token; the
+// error names both keys and the configuration loads once it is set (as
+// POSTERN_ROUTER_TRACE_TOKEN, the way the compose files set it).
+func TestTraceTokenRequiredBeyondLoopback(t *testing.T) {
+	for _, listen := range []string{"127.0.0.1:9182", "[::1]:9182", "localhost:9182"} {
+		c := DefaultConfig()
+		c.HTTP.Listen = listen
+		if err := config.Validate(&c); err != nil {
+			t.Errorf("listen %s without a token: %v", listen, err)
+		}
+	}
+	for _, listen := range []string{"0.0.0.0:9182", ":9182", "[::]:9182", "192.0.2.7:9182", "router:9182"} {
+		c := DefaultConfig()
+		c.HTTP.Listen = listen
+		err := config.Validate(&c)
+		if keys := config.Keys(err); !slices.Equal(keys, []string{"trace.token"}) {
+			t.Errorf("listen %s without a token: errors for %v, want [trace.token]", listen, keys)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "router.http.listen") || !strings.Contains(msg, "router.trace.enabled") || !strings.Contains(msg, listen) {
+			t.Errorf("listen %s: the error does not say why: %v", listen, err)
+		}
+		c.Trace.Enabled = false
+		if err := config.Validate(&c); err != nil {
+			t.Errorf("listen %s, tracing off: %v", listen, err)
+		}
+	}
+
+	// As the router binary loads its file.
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	if err := os.WriteFile(path, []byte("router:\n  http:\n    listen: 0.0.0.0:9182\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(environ ...string) error {
+		cfg := struct {
+			app.Common `yaml:",inline"`
+			Router     Config `yaml:"router"`
+		}{Common: app.DefaultCommon(), Router: DefaultConfig()}
+		return config.Load(path, environ, &cfg)
+	}
+	if err := load(); !slices.Contains(config.Keys(err), "router.trace.token") || !strings.Contains(err.Error(), "router.http.listen") {
+		t.Errorf("loaded without a token: %v, want an error about router.trace.token and router.http.listen", err)
+	}
+	const token = "s3cret-trace-token-0123456789"
+	if err := load("POSTERN_ROUTER_TRACE_TOKEN=" + token); err != nil {
+		t.Errorf("with POSTERN_ROUTER_TRACE_TOKEN: %v", err)
+	}
+	if err := load("POSTERN_ROUTER_TRACE_TOKEN=short"); err == nil || strings.Contains(err.Error(), "short") {
+		t.Errorf("a short token: %v, want an error that does not quote it", err)
 	}
 }
 

@@ -12,10 +12,14 @@ import (
 	"strings"
 )
 
-// Query names the message to trace: a Message-ID or an inbound id.
+// Query names the message to trace (a Message-ID or an inbound id) and
+// carries the site's trace token, if it has one.
 type Query struct {
 	MessageID string
 	InboundID string
+	// Token is sent as "Authorization: Bearer <Token>" (the site's
+	// router.trace.token); empty: no Authorization header.
+	Token string
 }
 
 // maxDocument bounds the answer Fetch reads: 100,000 records of a few
@@ -59,6 +63,9 @@ func Fetch(ctx context.Context, c *http.Client, base string, q Query) (*Document
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json, application/problem+json")
+	if q.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+q.Token)
+	}
 	if c == nil {
 		c = http.DefaultClient
 	}

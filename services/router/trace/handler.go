@@ -2,12 +2,16 @@ package trace
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 
+	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/sitestate"
 )
 
@@ -15,6 +19,9 @@ import (
 // ?inbound_id=<id> with the site's Document of that message:
 //
 //   - 200 and the Document (application/json);
+//   - 401 when Token is set and the request does not carry it as
+//     "Authorization: Bearer <token>" (the same answer for no token and a
+//     wrong one, before anything else is looked at);
 //   - 400 when neither or both parameters are given, or the value cannot
 //     be an id;
 //   - 404 when the site has no status record of it (unknown, not yet
@@ -24,12 +31,13 @@ import (
 // Errors are RFC 9457 problems (application/problem+json). The answer holds
 // what mail.status records hold (addresses, POP3 account ids and UIDLs, SMTP
 // peers, authenticated user ids, outcome reasons) and never a password,
-// token or message content.
+// token or message content: so anyone who can reach a side server that
+// listens beyond the loopback interface must not get it without Token.
 type Handler struct {
-	Site    string               // the site answering
-	Index   sitestate.TraceIndex // nil: tracing is off
-	Enabled bool                 // false: every lookup is 404 saying so
-	Log     *slog.Logger         // nil: slog.Default()
+	Site  string               // the site answering
+	Index sitestate.TraceIndex // nil: tracing is off, every lookup is 404 saying so
+	Token config.Secret        // set: every request must carry it (router.trace.token)
+	Log   *slog.Logger         // nil: slog.Default()
 }
 
 // Problem is an RFC 9457 problem document, as the handler writes it and
@@ -52,6 +60,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := h.Log
 	if log == nil {
 		log = slog.Default()
+	}
+	if h.Token.IsSet() && !h.authorized(r) {
+		log.WarnContext(r.Context(), "trace request refused: no or wrong bearer token", slog.String("remote", r.RemoteAddr))
+		w.Header().Set("WWW-Authenticate", `Bearer realm="postern trace"`)
+		writeProblem(w, http.StatusUnauthorized, "give the site's router.trace.token as Authorization: Bearer <token> (postern trace: $POSTERN_TRACE_TOKEN)")
+		return
 	}
 	q := r.URL.Query()
 	msgID, inbound := q.Get("message_id"), q.Get("inbound_id")
@@ -80,7 +94,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		key, doc.InboundID, what = k, inbound, "inbound id "+inbound
 	}
-	if !h.Enabled || h.Index == nil {
+	if h.Index == nil {
 		writeProblem(w, http.StatusNotFound, fmt.Sprintf("message tracing is off at site %s (router.trace.enabled)", h.Site))
 		return
 	}
@@ -100,6 +114,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	doc.Messages, doc.Dropped = msgs, tr.Dropped
 	writeJSON(w, http.StatusOK, "application/json", doc)
+}
+
+// authorized reports whether r carries the handler's token as a bearer
+// token. The comparison takes the same time whatever the token given, its
+// length included (both sides are hashed first).
+func (h *Handler) authorized(r *http.Request) bool {
+	scheme, given, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		given = ""
+	}
+	got, want := sha256.Sum256([]byte(strings.TrimSpace(given))), sha256.Sum256([]byte(h.Token.Reveal()))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 func writeProblem(w http.ResponseWriter, status int, detail string) {

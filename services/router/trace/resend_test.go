@@ -17,7 +17,7 @@ func TestResentMessageIsOneArrival(t *testing.T) {
 	ctx := t.Context()
 	s := openState(t)
 	x := newIndexer(t, s, DefaultConfig())
-	h := &Handler{Site: "hq", Index: s.TraceIndex(), Enabled: true}
+	h := &Handler{Site: "hq", Index: s.TraceIndex()}
 
 	first := status("r1", "bob@x.example", events.OutcomeDelivered, 1, t0)
 	second := first

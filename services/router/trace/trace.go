@@ -38,6 +38,7 @@ type Config struct {
 	Retention     time.Duration `yaml:"retention" doc:"how long a message's trace is kept after its last status record (at least 1h)"`
 	MaxRecords    int           `yaml:"max_records" doc:"most status records kept per Message-ID and per inbound id (1 to 100000); past it the oldest are dropped and the trace says how many"`
 	ConsumerGroup string        `yaml:"consumer_group" doc:"Kafka consumer group of the trace indexer (one per site, apart from the routing group); empty: postern-<site>-router-trace"`
+	Token         config.Secret `yaml:"token" doc:"bearer token GET /v1/trace requires (Authorization: Bearer <token>; postern trace sends it from $POSTERN_TRACE_TOKEN): at least 16 characters of letters, digits and - . _ ~ + / (then =), e.g. head -c32 /dev/urandom | base64. Empty: no authentication, which the router refuses unless router.http.listen is a loopback address (or tracing is off)"`
 }
 
 // DefaultConfig is on, 14 days, 1,000 records.
@@ -57,7 +58,31 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.ConsumerGroup, " \t\r\n") {
 		errs = append(errs, config.Errorf("consumer_group", "%q contains white space", c.ConsumerGroup))
 	}
+	if c.Token.IsSet() {
+		if err := checkToken(c.Token.Reveal()); err != nil {
+			errs = append(errs, config.Errorf("token", "%v", err))
+		}
+	}
 	return config.Join(errs...)
+}
+
+// MinTokenLength is the shortest router.trace.token accepted.
+const MinTokenLength = 16
+
+// checkToken checks the shape of a trace token without ever quoting it: a
+// bearer token of RFC 6750 (b64token: letters, digits, - . _ ~ + /, then
+// any =), at least MinTokenLength characters.
+func checkToken(t string) error {
+	if len(t) < MinTokenLength {
+		return fmt.Errorf("must be at least %d characters (make one with: head -c32 /dev/urandom | base64)", MinTokenLength)
+	}
+	body := strings.TrimRight(t, "=")
+	if body == "" || strings.IndexFunc(body, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-._~+/", r))
+	}) >= 0 {
+		return fmt.Errorf("may hold only letters, digits and - . _ ~ + / (then =): it is sent as an HTTP bearer token")
+	}
+	return nil
 }
 
 func (c Config) policy() sitestate.TracePolicy {
@@ -122,9 +147,7 @@ type Document struct {
 type Message struct {
 	InboundID string `json:"inbound_id"`
 	MessageID string `json:"message_id,omitempty"`
-	// Site is the site that reported (this one).
-	Site   string `json:"site,omitempty"`
-	Source Source `json:"source"`
+	Source    Source `json:"source"`
 	// ReceivedAt is when the edge (the fetcher's download, the SMTP
 	// listener) accepted the message; zero when its status records are
 	// older than the field.
@@ -240,9 +263,6 @@ func build(entries []sitestate.TraceEntry) (msgs []Message, skipped int) {
 			if _, id, err := MessageIDKey(st.MessageID); err == nil {
 				m.MessageID = id
 			}
-		}
-		if m.Site == "" {
-			m.Site = st.Site
 		}
 		if m.Source.Kind == "" {
 			m.Source = sourceOf(st.Source)

@@ -196,7 +196,7 @@ func TestHandler(t *testing.T) {
 	s := openState(t)
 	cfg := DefaultConfig()
 	x := newIndexer(t, s, cfg)
-	h := &Handler{Site: "hq", Index: s.TraceIndex(), Enabled: true}
+	h := &Handler{Site: "hq", Index: s.TraceIndex()}
 	// Indexed out of order; the handler orders each recipient's events.
 	rejected := status("in1", "nobody@example.com", events.OutcomeRejected, 0, t0)
 	rejected.Stage, rejected.DeliveryID, rejected.Destination, rejected.Reason = "router", "", "", "5.1.1 no such mailbox"
@@ -295,7 +295,7 @@ func TestBoundedTrace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	code, body, _ := serve(t, &Handler{Site: "hq", Index: s.TraceIndex(), Enabled: true}, "?inbound_id=in1")
+	code, body, _ := serve(t, &Handler{Site: "hq", Index: s.TraceIndex()}, "?inbound_id=in1")
 	var doc Document
 	if code != 200 || json.Unmarshal([]byte(body), &doc) != nil {
 		t.Fatalf("%d %s", code, body)
@@ -313,7 +313,7 @@ func TestFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+Path, &Handler{Site: "hq", Index: s.TraceIndex(), Enabled: true})
+	mux.Handle("GET "+Path, &Handler{Site: "hq", Index: s.TraceIndex()})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	ctx := t.Context()
@@ -350,5 +350,100 @@ func TestFetch(t *testing.T) {
 	cancel()
 	if _, err := Fetch(cctx, srv.Client(), srv.URL, Query{InboundID: "in1"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Fetch with a cancelled context = %v", err)
+	}
+}
+
+// TestConfigToken: a trace token is checked for its shape, and an error
+// never quotes it.
+func TestConfigToken(t *testing.T) {
+	for _, good := range []string{"0123456789abcdef", "k1+/Zm9vYmFyYmF6cXV4LW9rLg==", "a.b_c~d-e0123456789"} {
+		c := DefaultConfig()
+		c.Token = config.Secret(good)
+		if err := config.Validate(&c); err != nil {
+			t.Errorf("token %q refused: %v", good, err)
+		}
+	}
+	for _, bad := range []string{"short-secret", "0123456789abcdef ghij", "0123456789abcdef\r\nX-Evil: 1", "0123456789=abcdef", "================"} {
+		c := DefaultConfig()
+		c.Token = config.Secret(bad)
+		err := config.Validate(&c)
+		if keys := config.Keys(err); !slices.Equal(keys, []string{"token"}) {
+			t.Errorf("token %q: errors for %v, want [token]", bad, keys)
+		}
+		if err != nil && strings.Contains(err.Error(), bad) {
+			t.Errorf("the error quotes the token: %v", err)
+		}
+	}
+}
+
+// TestHandlerToken: with a token the endpoint answers only a request that
+// carries it; no token and a wrong one get the same 401 problem, before
+// the query is even looked at.
+func TestHandlerToken(t *testing.T) {
+	s := openState(t)
+	x := newIndexer(t, s, DefaultConfig())
+	if _, err := x.Index(t.Context(), status("in1", "bob@x.example", events.OutcomeDelivered, 1, t0)); err != nil {
+		t.Fatal(err)
+	}
+	const token = "s3cret-trace-token-0123456789"
+	h := &Handler{Site: "hq", Index: s.TraceIndex(), Token: token}
+	get := func(auth, query string) (int, string, http.Header) {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, Path+query, nil)
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		h.ServeHTTP(w, r)
+		return w.Code, w.Body.String(), w.Header()
+	}
+	code, missing, hdr := get("", "?inbound_id=in1")
+	var p Problem
+	if code != http.StatusUnauthorized || hdr.Get("Content-Type") != "application/problem+json" || json.Unmarshal([]byte(missing), &p) != nil ||
+		p.Status != 401 || !strings.Contains(p.Detail, "router.trace.token") || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
+		t.Errorf("without a token: %d %v %s, want a 401 problem", code, hdr, missing)
+	}
+	for _, auth := range []string{"Bearer wrong", "Bearer " + token + "x", "Bearer " + token[:len(token)-1], "Basic " + token, token, "Bearer"} {
+		code, body, _ := get(auth, "?inbound_id=in1")
+		if code != http.StatusUnauthorized || body != missing {
+			t.Errorf("Authorization %q: %d %s, want the same 401 as without a token", auth, code, body)
+		}
+		if strings.Contains(body, "bob@") {
+			t.Errorf("Authorization %q: the trace leaked: %s", auth, body)
+		}
+	}
+	// Nothing about the query is answered without the token: a malformed
+	// one is 401 too, not 400.
+	if code, _, _ := get("", "?message_id=%3Ca@b"); code != http.StatusUnauthorized {
+		t.Errorf("a malformed query without a token: %d, want 401", code)
+	}
+	for _, auth := range []string{"Bearer " + token, "bearer " + token} {
+		code, body, _ := get(auth, "?inbound_id=in1")
+		if code != http.StatusOK || !strings.Contains(body, "bob@x.example") {
+			t.Errorf("Authorization %q: %d %s, want the trace", auth, code, body)
+		}
+	}
+	if strings.Contains(missing, token) {
+		t.Errorf("the 401 names the token: %s", missing)
+	}
+}
+
+// TestFetchToken: Fetch sends the query's token as a bearer token, and a
+// refusal comes back as the 401 problem.
+func TestFetchToken(t *testing.T) {
+	s := openState(t)
+	x := newIndexer(t, s, DefaultConfig())
+	if _, err := x.Index(t.Context(), status("in1", "bob@x.example", events.OutcomeDelivered, 1, t0)); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(&Handler{Site: "hq", Index: s.TraceIndex(), Token: "s3cret-trace-token-0123456789"})
+	defer srv.Close()
+	if doc, err := Fetch(t.Context(), srv.Client(), srv.URL, Query{InboundID: "in1", Token: "s3cret-trace-token-0123456789"}); err != nil || len(doc.Messages) != 1 {
+		t.Errorf("Fetch with the token = %+v, %v", doc, err)
+	}
+	for _, token := range []string{"", "wrong-token-0123456789"} {
+		_, err := Fetch(t.Context(), srv.Client(), srv.URL, Query{InboundID: "in1", Token: token})
+		if p, ok := errors.AsType[*Problem](err); !ok || p.Status != http.StatusUnauthorized {
+			t.Errorf("Fetch with token %q = %v, want the 401 problem", token, err)
+		}
 	}
 }

@@ -74,10 +74,15 @@ func (s *session) say(format string, args ...any) {
 	fmt.Fprint(s.env.Stdout, sanitize(fmt.Sprintf(format, args...), true))
 }
 
-// sanitize replaces control characters (escape sequences, carriage
+// sanitize is Sanitize, under the name the package's commands use.
+func sanitize(s string, keepNewlines bool) string { return Sanitize(s, keepNewlines) }
+
+// Sanitize replaces control characters (escape sequences, carriage
 // returns, tabs that would break a table) with U+FFFD; newlines survive
-// only when keepNewlines.
-func sanitize(s string, keepNewlines bool) string {
+// only when keepNewlines. Every command of the binary passes what came
+// from a server (a directory entry, a remote SMTP reply, an address from a
+// message) through it before the operator's terminal.
+func Sanitize(s string, keepNewlines bool) string {
 	if strings.IndexFunc(s, unicode.IsControl) < 0 {
 		return s
 	}

@@ -62,29 +62,39 @@ func (s *session) flags(synopsis, help string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args into fs, flags and arguments in any order ("users add
-// john --site hq" as well as "users add --site hq john"; "--" ends the
-// flags), and checks that exactly n arguments remain.
-func (s *session) parse(fs *flag.FlagSet, args []string, n int) ([]string, error) {
+// ParseArgs parses args into fs, flags and arguments in any order ("users
+// add john --site hq" as well as "users add --site hq john"; "--" ends the
+// flags), and returns the arguments. Its error is fs.Parse's: flag.ErrHelp
+// for -h, otherwise one the flag package has already printed with the usage.
+// Every command of the binary parses its command line with it.
+func ParseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, reported(2) // the flag package printed the error and the usage
+			return nil, err
 		}
 		rest := fs.Args()
 		consumed := args[:len(args)-len(rest)]
 		if len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
-			pos = append(pos, rest...)
-			break
+			return append(pos, rest...), nil
 		}
 		if len(rest) == 0 {
-			break
+			return pos, nil
 		}
 		pos = append(pos, rest[0])
 		args = rest[1:]
+	}
+}
+
+// parse parses args into fs (ParseArgs) and checks that exactly n
+// arguments remain.
+func (s *session) parse(fs *flag.FlagSet, args []string, n int) ([]string, error) {
+	pos, err := ParseArgs(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, reported(2) // the flag package printed the error and the usage
 	}
 	if len(pos) != n {
 		fs.Usage()
