@@ -227,6 +227,41 @@ func TestComposeServiceConfigurations(t *testing.T) {
 	}
 }
 
+// publicPorts are the container ports a site publishes on every interface:
+// the mail the Internet, the users and the other sites send. Every other
+// published port (the users API, the OTLP receiver, Grafana, Prometheus)
+// has no authentication of its own or carries passwords and tokens over
+// plain HTTP, so it is published on 127.0.0.1 unless .env says otherwise;
+// Kafka, Redis, PostgreSQL and the side servers are not published at all.
+var publicPorts = map[string][]uint32{
+	"relay":   {2525, 2587, 2465},   // SMTP (MX), submission, inter-site (mutual TLS)
+	"dovecot": {143, 993, 110, 995}, // IMAP, IMAPS, POP3, POP3S
+}
+
+// TestComposePublishedPorts: with .env.example, only the mail ports are
+// published on every interface, the others on the loopback address.
+func TestComposePublishedPorts(t *testing.T) {
+	for _, dir := range composeDirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			p, err := loadCompose(t, dir, "compose.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, s := range p.Services {
+				for _, port := range s.Ports {
+					if slices.Contains(publicPorts[name], port.Target) {
+						continue
+					}
+					if ip := net.ParseIP(port.HostIP); ip == nil || !ip.IsLoopback() {
+						t.Errorf("%s: service %s publishes port %d on %q; only the mail ports %v go on every interface, the others on 127.0.0.1 by default",
+							dir, name, port.Target, port.HostIP, publicPorts)
+					}
+				}
+			}
+		})
+	}
+}
+
 // serviceConfig returns the configuration a Postern binary reads, with its
 // defaults (as in services/<name>/cmd/<name>/main.go), and a function giving
 // its side server's listen address once loaded; nil for the admin CLI.

@@ -7,5 +7,7 @@
 //     compose/branch) load and pass the Compose schema with their
 //     .env.example, the Postern configuration each container reads is
 //     valid, every binary they run is built by the Dockerfile (the same
-//     list as `make build`) and compiles, and every file they mount exists.
+//     list as `make build`) and compiles, every file they mount exists,
+//     and only the mail ports are published on every interface (the
+//     others on 127.0.0.1 by default).
 package deployments
